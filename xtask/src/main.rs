@@ -1,1 +1,38 @@
-fn main() {}
+//! `cargo xtask …`: the developer tasks of r1q that are not part of the shipped binary.
+
+mod bench;
+mod fixture;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Developer tasks: fixtures, the test suite with its Python venv, benchmarks.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Write a tiny, deterministic checkpoint in the exact layout of a real release.
+    Fixture(fixture::Args),
+    /// Run the whole test suite after preparing what it needs (the Python venv under target/).
+    Test(test::Args),
+    /// Measure throughput and print a table.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Fixture(args) => fixture::run(args),
+        Task::Test(args) => test::run(args),
+        Task::Bench(args) => bench::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
