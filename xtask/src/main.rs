@@ -26,6 +26,9 @@ enum Task {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.task, Task::Bench(_)) && cfg!(debug_assertions) {
+        std::process::exit(rerun_in_release());
+    }
     let result = match cli.task {
         Task::Fixture(args) => fixture::run(args),
         Task::Test(args) => test::run(args),
@@ -34,5 +37,23 @@ fn main() {
     if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
+    }
+}
+
+/// Benchmarks measure optimised code only: a debug-built xtask hands the same arguments to a
+/// release build of itself and returns its exit code.
+fn rerun_in_release() -> i32 {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .current_dir(test::workspace_root())
+        .status();
+    match status {
+        Ok(s) => s.code().unwrap_or(1),
+        Err(err) => {
+            eprintln!("error: starting a release build of xtask: {err}");
+            1
+        }
     }
 }
