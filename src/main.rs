@@ -1,1 +1,41 @@
-fn main() {}
+//! `r1q`: DeepSeek-R1 (FP8 safetensors) and the R1 distills to GGUF — the command-line interface.
+//!
+//! This binary only parses arguments, shows progress and maps errors to one line and exit code 1;
+//! the work lives in the library crates (`formats`, `quantize`, `convert`, `verify`).
+
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Turns DeepSeek-R1 and its distills into GGUF files that llama.cpp runs, and proves what the
+/// shrinking cost.
+#[derive(Parser)]
+#[command(name = "r1q", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the metadata, tensors and size of a GGUF file or an HF checkpoint (directory or
+    /// .safetensors file).
+    Inspect(inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, whatever the error chain holds: scripts read the last line of stderr.
+            let line = format!("{err:#}").replace(['\n', '\r'], " ");
+            eprintln!("r1q: error: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
