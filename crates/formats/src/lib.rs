@@ -5,3 +5,6 @@
 //! Not for: deciding what a tensor becomes (that is `convert`) or how blocks are quantized (that is
 //! `quantize`). Every reader here is strict and bounded: input from disk is validated before it is
 //! touched, and every error names the file and the problem.
+
+pub mod ggml_type;
+pub mod gguf;
