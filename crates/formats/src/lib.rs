@@ -8,3 +8,5 @@
 
 pub mod ggml_type;
 pub mod gguf;
+
+pub mod checkpoint;
