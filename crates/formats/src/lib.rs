@@ -6,7 +6,6 @@
 //! `quantize`). Every reader here is strict and bounded: input from disk is validated before it is
 //! touched, and every error names the file and the problem.
 
+pub mod checkpoint;
 pub mod ggml_type;
 pub mod gguf;
-
-pub mod checkpoint;
