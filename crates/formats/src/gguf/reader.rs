@@ -295,6 +295,33 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufProblem> {
     })
 }
 
+/// Decodes one fixed-size value from exactly `fixed_size()` bytes (shorter input decodes as
+/// zero-extended; callers always pass exact chunks).
+fn decode_fixed(ty: GgufValueType, c: &[u8]) -> GgufValue {
+    fn le<const N: usize>(c: &[u8]) -> [u8; N] {
+        let mut a = [0u8; N];
+        for (d, s) in a.iter_mut().zip(c) {
+            *d = *s;
+        }
+        a
+    }
+    match ty {
+        GgufValueType::U8 => GgufValue::U8(u8::from_le_bytes(le(c))),
+        GgufValueType::I8 => GgufValue::I8(i8::from_le_bytes(le(c))),
+        GgufValueType::U16 => GgufValue::U16(u16::from_le_bytes(le(c))),
+        GgufValueType::I16 => GgufValue::I16(i16::from_le_bytes(le(c))),
+        GgufValueType::U32 => GgufValue::U32(u32::from_le_bytes(le(c))),
+        GgufValueType::I32 => GgufValue::I32(i32::from_le_bytes(le(c))),
+        GgufValueType::F32 => GgufValue::F32(f32::from_le_bytes(le(c))),
+        GgufValueType::Bool => GgufValue::Bool(u8::from_le_bytes(le(c)) != 0),
+        GgufValueType::U64 => GgufValue::U64(u64::from_le_bytes(le(c))),
+        GgufValueType::I64 => GgufValue::I64(i64::from_le_bytes(le(c))),
+        GgufValueType::F64 => GgufValue::F64(f64::from_le_bytes(le(c))),
+        // Not fixed-size; never called with these.
+        GgufValueType::String | GgufValueType::Array => GgufValue::U8(0),
+    }
+}
+
 /// Counts were bounded by the file size, which fits in memory; saturate on 32-bit just in case.
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -428,6 +455,14 @@ impl<'a> Cursor<'a> {
         }
         // Bounded above: count · min_encoded_size ≤ bytes left in the file.
         let mut values = Vec::with_capacity(to_usize(count));
+        if let Some(size) = elem_type.fixed_size() {
+            // Fast path for numeric arrays: one bounds check, then decode in place.
+            let bytes = self.take(count * size, what)?;
+            for c in bytes.chunks_exact(size as usize) {
+                values.push(decode_fixed(elem_type, c));
+            }
+            return Ok(GgufArray { elem_type, values });
+        }
         for i in 0..count {
             let elem_what = || format!("{} element #{i}", what());
             values.push(self.value(elem_type, depth + 1, &elem_what)?);
