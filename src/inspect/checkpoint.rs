@@ -5,11 +5,12 @@ use anyhow::{Context, Result};
 use formats::checkpoint::{Checkpoint, ModelConfig, TensorMeta};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 /// Prints (or emits as JSON) one checkpoint: its config, tensor table and totals. Opening
 /// validates every header, the index and the FP8 scales, so a broken checkpoint fails here.
-pub fn inspect(path: &Path, json_out: bool) -> Result<()> {
+pub fn inspect(path: &Path, json_out: bool, out: &mut dyn Write) -> Result<()> {
     let ckpt = Checkpoint::open(path)?;
     ckpt.validate()?;
     let raw_config = match ckpt.config_path() {
@@ -31,7 +32,7 @@ pub fn inspect(path: &Path, json_out: bool) -> Result<()> {
                 })
             })
             .collect();
-        let out = json!({
+        let doc = json!({
             "format": "safetensors",
             "path": path.display().to_string(),
             "model_type": ckpt.config().map(ModelConfig::model_type),
@@ -47,25 +48,26 @@ pub fn inspect(path: &Path, json_out: bool) -> Result<()> {
                 "bits_per_weight": bits_per_weight(summary.bytes, summary.params),
             },
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(());
     }
 
-    println!(
+    writeln!(
+        out,
         "{}: safetensors checkpoint, {} shard(s), {} tensors",
         path.display(),
         ckpt.shard_files().len(),
         ckpt.tensors().len()
-    );
+    )?;
     if let (Some(cfg), Some(Value::Object(raw))) = (ckpt.config(), &raw_config) {
-        println!("\nconfig.json ({}):", cfg.model_type());
+        writeln!(out, "\nconfig.json ({}):", cfg.model_type())?;
         let rows: Vec<Vec<String>> = raw
             .iter()
             .map(|(k, v)| vec![k.clone(), v.to_string()])
             .collect();
-        print!("{}", table(&["key", "value"], &rows, &[false, false]));
+        write!(out, "{}", table(&["key", "value"], &rows, &[false, false]))?;
     }
-    println!("\ntensors:");
+    writeln!(out, "\ntensors:")?;
     let rows: Vec<Vec<String>> = ckpt
         .tensors()
         .iter()
@@ -79,35 +81,37 @@ pub fn inspect(path: &Path, json_out: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!(
+    write!(
+        out,
         "{}",
         table(
             &["name", "dtype", "shape", "bytes", "shard"],
             &rows,
             &[false, false, false, true, false]
         )
-    );
-    println!("\nby dtype:");
+    )?;
+    writeln!(out, "\nby dtype:")?;
     let rows: Vec<Vec<String>> = summary
         .by_dtype
         .iter()
         .map(|(d, (n, p, b))| vec![d.clone(), n.to_string(), human_count(*p), human_bytes(*b)])
         .collect();
-    print!(
+    write!(
+        out,
         "{}",
         table(
             &["dtype", "tensors", "elements", "bytes"],
             &rows,
             &[false, true, true, true]
         )
-    );
+    )?;
     if summary.mtp_layers > 0 {
-        println!(
+        writeln!(out,
             "\nmulti-token-prediction layers: {} ({} tensors); llama.cpp does not use them and convert skips them",
             summary.mtp_layers, summary.mtp_tensors
-        );
+        )?;
     }
-    println!(
+    writeln!(out,
         "\ntotal: {} tensors, {} parameters ({}) without block scales, {} ({} bytes), {:.4} bits per weight",
         ckpt.tensors().len(),
         human_count(summary.params),
@@ -115,7 +119,7 @@ pub fn inspect(path: &Path, json_out: bool) -> Result<()> {
         human_bytes(summary.bytes),
         summary.bytes,
         bits_per_weight(summary.bytes, summary.params)
-    );
+    )?;
     Ok(())
 }
 

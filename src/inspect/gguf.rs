@@ -5,24 +5,27 @@ use anyhow::Result;
 use formats::gguf::{GgufFile, GgufValue};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 /// Arrays longer than this are summarised (first few elements and the count) unless `--full`.
 const ARRAY_PREVIEW: usize = 8;
 
 /// Prints (or emits as JSON) the metadata, tensor table and totals of one GGUF file.
-pub fn inspect(path: &Path, json_out: bool, full: bool) -> Result<()> {
+pub fn inspect(path: &Path, json_out: bool, full: bool, out: &mut dyn Write) -> Result<()> {
     let file = GgufFile::open(path)?;
     let params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
     let bytes: u64 = file.tensors().iter().map(|t| t.nbytes).sum();
     if json_out {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&to_json(&file, params, bytes))?
-        );
+        )?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "{}: GGUF v{}, {} metadata keys, {} tensors, alignment {}, data at byte {}",
         path.display(),
         file.version(),
@@ -30,18 +33,19 @@ pub fn inspect(path: &Path, json_out: bool, full: bool) -> Result<()> {
         file.tensors().len(),
         file.alignment(),
         file.data_offset()
-    );
-    println!("\nmetadata:");
+    )?;
+    writeln!(out, "\nmetadata:")?;
     let rows: Vec<Vec<String>> = file
         .metadata()
         .iter()
         .map(|(k, v)| vec![k.clone(), type_label(v), value_text(v, full)])
         .collect();
-    print!(
+    write!(
+        out,
         "{}",
         table(&["key", "type", "value"], &rows, &[false, false, false])
-    );
-    println!("\ntensors:");
+    )?;
+    writeln!(out, "\ntensors:")?;
     let rows: Vec<Vec<String>> = file
         .tensors()
         .iter()
@@ -54,15 +58,16 @@ pub fn inspect(path: &Path, json_out: bool, full: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!(
+    write!(
+        out,
         "{}",
         table(
             &["name", "type", "shape (ne)", "bytes"],
             &rows,
             &[false, false, false, true]
         )
-    );
-    println!("\nby type:");
+    )?;
+    writeln!(out, "\nby type:")?;
     let rows: Vec<Vec<String>> = per_type(&file)
         .into_iter()
         .map(|(name, (n, p, b))| {
@@ -75,22 +80,23 @@ pub fn inspect(path: &Path, json_out: bool, full: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!(
+    write!(
+        out,
         "{}",
         table(
             &["type", "tensors", "params", "bytes", "bpw"],
             &rows,
             &[false, true, true, true, true]
         )
-    );
-    println!(
+    )?;
+    writeln!(out,
         "\ntotal: {} tensors, {} parameters ({params}), {} ({bytes} bytes of tensor data), {:.4} bits per weight; file {}",
         file.tensors().len(),
         human_count(params),
         human_bytes(bytes),
         bits_per_weight(bytes, params),
         human_bytes(file.file_size()),
-    );
+    )?;
     Ok(())
 }
 

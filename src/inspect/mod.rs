@@ -5,7 +5,7 @@ mod gguf;
 mod render;
 
 use anyhow::{Context, Result};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `r1q inspect`.
@@ -26,16 +26,20 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     let path = args.path.as_path();
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    if meta.is_dir() || has_extension(path, "safetensors") || has_extension(path, "json") {
-        return checkpoint::inspect(path, args.json);
-    }
-    if starts_with_gguf_magic(path)? || has_extension(path, "gguf") {
-        return gguf::inspect(path, args.json, args.full);
-    }
-    anyhow::bail!(
-        "{}: neither a GGUF file (no GGUF magic) nor a checkpoint (directory or .safetensors)",
-        path.display()
-    )
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result =
+        if meta.is_dir() || has_extension(path, "safetensors") || has_extension(path, "json") {
+            checkpoint::inspect(path, args.json, &mut out)
+        } else if starts_with_gguf_magic(path)? || has_extension(path, "gguf") {
+            gguf::inspect(path, args.json, args.full, &mut out)
+        } else {
+            anyhow::bail!(
+            "{}: neither a GGUF file (no GGUF magic) nor a checkpoint (directory or .safetensors)",
+            path.display()
+        )
+        };
+    result.and_then(|()| out.flush().map_err(Into::into))
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {
