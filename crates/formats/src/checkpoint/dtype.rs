@@ -310,9 +310,16 @@ pub fn decode_to_f32(dtype: Dtype, src: &[u8], dst: &mut [f32]) -> Result<(), De
 /// DeepSeek's `fp8_cast_bf16.py` and a `convert --outtype bf16` pipeline quantize bf16(fp8·s),
 /// not the f32 product (REFERENCE §4.1, trap 9): apply this to a dequantized tile to reproduce
 /// that pipeline bit for bit.
+///
+/// Same result as `half::bf16::from_f32` (round to nearest, ties to even; NaN stays NaN, made
+/// quiet), written branch-free so the loop vectorizes.
 pub fn round_to_bf16(values: &mut [f32]) {
     for v in values {
-        *v = half::bf16::from_f32(*v).to_f32();
+        let x = v.to_bits();
+        let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) & 0xffff_0000;
+        let nan = (x | 0x0040_0000) & 0xffff_0000;
+        let is_nan = x & 0x7fff_ffff > 0x7f80_0000;
+        *v = f32::from_bits(if is_nan { nan } else { rounded });
     }
 }
 
@@ -418,5 +425,29 @@ mod tests {
         let mut v = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8)];
         round_to_bf16(&mut v);
         assert_eq!(v, [1.0, 1.0 + 2f32.powi(-6)]);
+    }
+
+    #[test]
+    fn bf16_rounding_matches_half_across_bit_patterns() {
+        let mut bits: Vec<u32> = (0..=u32::MAX).step_by(4099).collect();
+        bits.extend([
+            0x7f7f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0xffff_ffff,
+            0x0000_8000,
+            0x0001_8000,
+            0x3f80_8000,
+            0x3f81_8000,
+            0x8000_0000,
+        ]);
+        for b in bits {
+            let mut v = [f32::from_bits(b)];
+            round_to_bf16(&mut v);
+            let want = half::bf16::from_f32(f32::from_bits(b)).to_f32();
+            assert_eq!(v[0].to_bits(), want.to_bits(), "bits {b:#010x}");
+        }
     }
 }
