@@ -6,4 +6,8 @@
 //! A conversion is two steps: an architecture module turns a checkpoint into a [`plan::Plan`]
 //! (names, shapes, types, sources, metadata — no data touched), then the pipeline executes it.
 
+pub mod error;
 pub mod plan;
+pub mod tokenizer;
+
+pub use error::{ConvertError, Result};
