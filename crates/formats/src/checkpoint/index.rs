@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::error::{CheckpointError, Result};
+use super::safetensors::Pairs;
 
 /// File name of the shard index in a sharded Hugging Face checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -19,7 +20,7 @@ pub(crate) struct ShardIndex {
 
 #[derive(Deserialize)]
 struct RawIndex {
-    weight_map: BTreeMap<String, String>,
+    weight_map: Pairs<String>,
 }
 
 impl ShardIndex {
@@ -35,7 +36,14 @@ impl ShardIndex {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
             })?;
-        for shard in raw.weight_map.values() {
+        let weight_map =
+            raw.weight_map
+                .into_unique()
+                .map_err(|name| CheckpointError::IndexJson {
+                    path: path.to_path_buf(),
+                    detail: format!("tensor `{name}` is listed twice in weight_map"),
+                })?;
+        for shard in weight_map.values() {
             let plain =
                 !shard.is_empty() && !shard.contains(['/', '\\']) && shard != "." && shard != "..";
             if !plain {
@@ -55,7 +63,7 @@ impl ShardIndex {
         }
         Ok(ShardIndex {
             path: path.to_path_buf(),
-            weight_map: raw.weight_map,
+            weight_map,
         })
     }
 

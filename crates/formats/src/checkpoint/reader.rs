@@ -189,12 +189,11 @@ impl Checkpoint {
             .collect::<Result<Vec<_>>>()?;
 
         if let Some(idx) = &index {
+            let by_path: std::collections::HashMap<&Path, &Shard> =
+                shards.iter().map(|s| (s.path.as_path(), s)).collect();
             for (name, shard_name) in &idx.weight_map {
                 let shard_path = path.join(shard_name);
-                let found = shards
-                    .iter()
-                    .find(|s| s.path == shard_path)
-                    .and_then(|s| s.find(name));
+                let found = by_path.get(shard_path.as_path()).and_then(|s| s.find(name));
                 if found.is_none() {
                     return Err(CheckpointError::MissingFromShard {
                         path: shard_path,
@@ -382,5 +381,96 @@ impl Checkpoint {
     /// [`Checkpoint::row_decoder`] (which decodes the scales once).
     pub fn f32_rows(&self, name: &str, start_row: usize, out: &mut [f32]) -> Result<()> {
         self.row_decoder(name)?.decode_rows(start_row, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_single(path: &Path) {
+        let w: Vec<u8> = (0..=255u8).collect();
+        let s: Vec<u8> = [0.5f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = vec![
+            (
+                "x.weight",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F8_E4M3, vec![2, 128], &w)
+                    .unwrap(),
+            ),
+            (
+                "x.weight_scale_inv",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 1], &s[..4])
+                    .unwrap(),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    #[test]
+    fn opens_every_fixture_and_decodes_every_float_tensor() {
+        for arch in fixtures::Arch::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            fixtures::write_fixture(arch, dir.path(), &fixtures::Options::default()).unwrap();
+            let ckpt = Checkpoint::open(dir.path()).unwrap();
+            let config = ckpt.config().expect("fixture has config.json");
+            let want = match arch {
+                fixtures::Arch::DeepseekV3 => "deepseek_v3",
+                fixtures::Arch::Qwen2 => "qwen2",
+                fixtures::Arch::Llama => "llama",
+            };
+            assert_eq!(config.model_type(), want);
+            let names: Vec<&str> = ckpt.tensors().iter().map(|m| m.name.as_str()).collect();
+            assert!(
+                names.windows(2).all(|w| w[0] < w[1]),
+                "tensors() not sorted"
+            );
+            for m in ckpt.tensors() {
+                let v = ckpt.tensor(&m.name).unwrap();
+                assert_eq!(v.data.len() as u64, m.len);
+                assert_eq!(v.shape, m.shape.as_slice());
+                if m.dtype.is_float() {
+                    let mut out = vec![0f32; m.numel()];
+                    ckpt.f32_rows(&m.name, 0, &mut out).unwrap();
+                    if m.dtype == Dtype::BF16 {
+                        assert!(out.iter().all(|x| x.is_finite()), "{}", m.name);
+                    }
+                }
+            }
+            let err = ckpt.tensor("no.such.tensor").unwrap_err().to_string();
+            assert!(err.contains("no tensor named `no.such.tensor`"), "{err}");
+        }
+    }
+
+    #[test]
+    fn opens_single_file_and_single_file_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(SINGLE_FILE);
+        write_single(&file);
+        for path in [file.as_path(), dir.path()] {
+            let ckpt = Checkpoint::open(path).unwrap();
+            assert!(ckpt.config().is_none());
+            assert_eq!(ckpt.tensors().len(), 2);
+            let mut out = vec![0f32; 128];
+            ckpt.f32_rows("x.weight", 1, &mut out).unwrap();
+            assert_eq!(out[0x38], -0.5, "code 0xb8 is -1.0, scale 0.5");
+            let err = ckpt
+                .f32_rows("x.weight", 1, &mut vec![0f32; 256])
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("rows 1..3 requested, tensor has 2"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_paths_that_are_not_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a checkpoint"), "{err}");
+        let missing = dir.path().join("nope");
+        let err = Checkpoint::open(&missing).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
     }
 }

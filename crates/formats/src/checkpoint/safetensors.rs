@@ -94,6 +94,47 @@ impl Shard {
     }
 }
 
+/// A JSON object read as its key/value pairs in file order, so duplicate keys (which a map type
+/// would silently collapse) can be reported.
+pub(crate) struct Pairs<V>(pub Vec<(String, V)>);
+
+impl<V> Pairs<V> {
+    /// The pairs as a sorted map, or the first key that appears twice.
+    pub fn into_unique(self) -> std::result::Result<BTreeMap<String, V>, String> {
+        let mut map = BTreeMap::new();
+        for (k, v) in self.0 {
+            if map.contains_key(&k) {
+                return Err(k);
+            }
+            map.insert(k, v);
+        }
+        Ok(map)
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = Pairs<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> std::result::Result<Pairs<V>, A::Error> {
+                let mut v = Vec::new();
+                while let Some(pair) = access.next_entry()? {
+                    v.push(pair);
+                }
+                Ok(Pairs(v))
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
 /// Parses and validates the header of a whole safetensors file held in `buf`.
 ///
 /// Checks, each with its own message: header length within the file and the limit; valid UTF-8
@@ -131,8 +172,11 @@ pub(crate) fn parse_header(path: &Path, buf: &[u8]) -> Result<Vec<Entry>> {
     let data_len = buf.len() - data_start;
     let json_err = |detail: String| CheckpointError::HeaderJson { path: p(), detail };
     let text = std::str::from_utf8(header).map_err(|e| json_err(format!("not UTF-8: {e}")))?;
-    let raw: BTreeMap<String, serde_json::Value> =
+    let pairs: Pairs<serde_json::Value> =
         serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+    let raw = pairs
+        .into_unique()
+        .map_err(|name| json_err(format!("tensor `{name}` appears twice in the header")))?;
 
     let mut entries = Vec::with_capacity(raw.len());
     for (name, value) in raw {
@@ -253,4 +297,51 @@ pub(crate) fn parse_header(path: &Path, buf: &[u8]) -> Result<Vec<Entry>> {
         e.end += data_start;
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(header: &str, data_len: usize) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.resize(v.len() + data_len, 0);
+        v
+    }
+
+    #[test]
+    fn accepts_empty_zero_sized_and_metadata() {
+        let p = Path::new("/t/a.safetensors");
+        assert!(parse_header(p, &file("{}", 0)).unwrap().is_empty());
+        let h = r#"{"__metadata__":{"format":"pt"},"z":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}}"#;
+        let e = parse_header(p, &file(h, 4)).unwrap();
+        let names: Vec<&str> = e.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "z"]);
+        assert_eq!(e[0].start, 8 + h.len());
+    }
+
+    #[test]
+    fn duplicate_tensor_names_are_rejected() {
+        let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let err = parse_header(Path::new("/t/a.safetensors"), &file(h, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor `a` appears twice in the header"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_uncovered() {
+        let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let err = parse_header(Path::new("/t/a.safetensors"), &file(h, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bytes 4..8 of the data area belong to no tensor"),
+            "{err}"
+        );
+    }
 }
