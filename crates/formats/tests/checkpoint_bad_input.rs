@@ -51,6 +51,7 @@ bad_cases!(
     data_offsets_out_of_bounds,
     overlapping_offsets,
     offsets_not_covering_buffer,
+    duplicate_tensor_in_header,
     unknown_dtype,
     byte_length_mismatch,
     fp8_weight_without_scale,
