@@ -6,7 +6,14 @@
 //!
 //! Entry points: [`quantize_rows`] and [`dequantize_rows`] dispatch on the ggml type; every codec
 //! produces the same bytes as llama.cpp's reference (or `*_impl`, with importance weights).
+//!
+//! Layout: one file per type (`q8_0.rs`, …), each a `#[repr(C)]` block struct with a compile-time
+//! size assertion implementing the `Block` trait of `block.rs`; the float casts live in `cast.rs`;
+//! `rows.rs` holds size checks, dispatch and threading.
 
+mod block;
+mod cast;
+mod q8_0;
 mod rows;
 
 pub use rows::{dequantize_rows, quantize_rows, supports, QuantizeError};
