@@ -83,7 +83,7 @@ impl Block for BlockQ8_0 {
 #[inline]
 fn roundf_to_i8(v: f32) -> i8 {
     let r = v.round();
-    if r >= -2_147_483_648.0 && r < 2_147_483_648.0 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&r) {
         (r as i32) as i8
     } else {
         0
