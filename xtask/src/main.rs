@@ -2,6 +2,7 @@
 
 mod bench;
 mod fixture;
+mod peer;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Task {
     Test(test::Args),
     /// Measure throughput and print a table.
     Bench(bench::Args),
+    /// Build the llama.cpp peer tools (llama-quantize, …) used as the oracle in interop tests.
+    Peer(peer::Args),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
         Task::Fixture(args) => fixture::run(args),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Peer(args) => peer::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
