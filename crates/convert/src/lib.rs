@@ -6,6 +6,7 @@
 //! A conversion is two steps: an architecture module turns a checkpoint into a [`plan::Plan`]
 //! (names, shapes, types, sources, metadata — no data touched), then the pipeline executes it.
 
+pub mod arch;
 pub mod error;
 pub mod plan;
 pub mod tokenizer;
