@@ -1,9 +1,10 @@
 //! `cargo xtask test`: the whole test suite, runnable on a fresh machine.
 //!
 //! The interop tests check our bytes against independent implementations (the PyPI `gguf` package,
-//! numpy, HF `tokenizers`), so this task first makes sure a venv with pinned versions of those
-//! exists under `target/venv`, then runs `cargo test` over the workspace with `R1Q_PYTHON` pointing
-//! at it. Under CI (`CI` set) it also sets `R1Q_REQUIRE_PEERS=1`, which turns every "skipped:
+//! numpy, HF `tokenizers`, and llama.cpp's own tools), so this task first makes sure a venv with
+//! pinned versions of those exists under `target/venv` and that the llama.cpp peer is built (cached
+//! under `~/.cache/r1q/peer/`, see `cargo xtask peer`), then runs `cargo test` over the workspace
+//! with `R1Q_PYTHON` and `R1Q_PEER_BIN` pointing at them. Under CI (`CI` set) it also sets `R1Q_REQUIRE_PEERS=1`, which turns every "skipped:
 //! peer missing" into a failure, so CI cannot pass by skipping.
 
 use anyhow::{bail, Context, Result};
@@ -25,11 +26,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let root = workspace_root();
     let python = ensure_venv(&root)?;
+    let peer_bin = crate::peer::ensure_peer().context("building the llama.cpp peer")?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root)
         .args(["test", "--workspace"])
         .args(&args.cargo_args)
-        .env("R1Q_PYTHON", &python);
+        .env("R1Q_PYTHON", &python)
+        .env("R1Q_PEER_BIN", &peer_bin);
     if std::env::var_os("CI").is_some() {
         cmd.env("R1Q_REQUIRE_PEERS", "1");
     }
@@ -60,11 +63,18 @@ fn ensure_venv(root: &Path) -> Result<PathBuf> {
     }
     eprintln!("xtask: preparing the test venv at {}", venv.display());
     let host = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    run_checked(Command::new(&host).args(["-m", "venv"]).arg(&venv))
-        .with_context(|| format!("creating a venv with {host} (set PYTHON to another interpreter)"))?;
+    run_checked(Command::new(&host).args(["-m", "venv"]).arg(&venv)).with_context(|| {
+        format!("creating a venv with {host} (set PYTHON to another interpreter)")
+    })?;
     run_checked(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .args(PY_REQUIREMENTS),
     )
     .context("installing the test venv's Python packages")?;
