@@ -3,6 +3,7 @@
 //! This binary only parses arguments, shows progress and maps errors to one line and exit code 1;
 //! the work lives in the library crates (`formats`, `quantize`, `convert`, `verify`).
 
+mod convert;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +23,15 @@ enum Command {
     /// Show the metadata, tensors and size of a GGUF file or an HF checkpoint (directory or
     /// .safetensors file).
     Inspect(inspect::Args),
+    /// Convert an HF checkpoint (DeepSeek-R1 FP8, R1-Distill BF16) to GGUF in one streaming pass.
+    Convert(convert::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Convert(args) => convert::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
