@@ -585,9 +585,7 @@ fn alt_chat_template(files: &Files) -> Result<Option<ChatTemplate>> {
         if extra.is_empty() {
             return Ok(Some(ChatTemplate::Single(default)));
         }
-        let mut list = vec![Value::from(
-            serde_json::json!({"name": "default", "template": default}),
-        )];
+        let mut list = vec![serde_json::json!({"name": "default", "template": default})];
         list.extend(
             extra
                 .into_iter()
