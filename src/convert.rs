@@ -74,13 +74,13 @@ pub struct Args {
 
 /// Plans, then either prints the plan (`--dry-run`) or executes it.
 pub fn run(args: &Args) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.model_dir)?;
+    let ckpt = Checkpoint::open(&args.model_dir).map_err(one_line)?;
     let opts = PlanOptions {
         outtype: args.outtype.ggml(),
         tokenizer_pre: args.tokenizer_pre.clone(),
         name: None,
     };
-    let plan = ::convert::arch::plan(&ckpt, &opts)?;
+    let plan = ::convert::arch::plan(&ckpt, &opts).map_err(one_line)?;
     if args.dry_run {
         return print_plan(&plan);
     }
@@ -93,10 +93,16 @@ pub fn run(args: &Args) -> Result<()> {
         threads: args.threads,
         ..ExecOptions::default()
     };
-    let summary = pipeline::execute(&ckpt, &plan, out, &exec, &bar)?;
+    let summary = pipeline::execute(&ckpt, &plan, out, &exec, &bar).map_err(one_line)?;
     bar.0.finish_and_clear();
     eprintln!("{}", summary_line(&summary, args.outtype));
     Ok(())
+}
+
+/// The library errors' `Display` already includes their cause (file, tensor, OS error); keeping
+/// the `source` chain too would print it twice in `main`'s one-line `{:#}` rendering.
+fn one_line(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
 }
 
 /// The progress bar: bytes written, bytes/s and ETA, on stderr; hidden when stderr is not a
@@ -139,10 +145,22 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
+/// This process's peak resident set (`VmHWM` of /proc/self/status), in KiB, where the OS has it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The one line printed after a conversion; `peak RSS` lets users (and `cargo xtask bench
+/// convert`) check the documented memory bound.
 fn summary_line(s: &Summary, outtype: OutType) -> String {
     let secs = s.elapsed.as_secs_f64().max(1e-9);
+    let rss = peak_rss_kib().map_or_else(String::new, |k| {
+        format!(", peak RSS {:.1} MiB", k as f64 / 1024.0)
+    });
     format!(
-        "wrote {}: {} tensors, {:.3} GiB ({:?} weights), {:.2} s, {:.2} GB/s of checkpoint data",
+        "wrote {}: {} tensors, {:.3} GiB ({:?} weights), {:.2} s, {:.2} GB/s of checkpoint data{rss}",
         s.path.display(),
         s.tensors,
         gib(s.file_bytes),
