@@ -9,14 +9,19 @@
 //! sdist/      the downloaded .tar.gz (sha256-pinned)
 //! src/        the unpacked sdist (renamed into place only once complete)
 //! build/      the cmake build tree; build/bin holds the tools
-//! peer.stamp  written only after a successful build: version, cmake flags, targets
+//! peer.stamp  written only after a successful build: version, cmake flags, targets, oracle hash
 //! ```
+//!
+//! Besides the cmake targets, `build/bin` gets `r1q-quant-oracle` ([`ORACLE_BIN`]): our own small C
+//! driver (`xtask/oracle/quant_oracle.c`, embedded in this binary) compiled together with the
+//! tree's `ggml/src/ggml-quants.c`, so the codec tests can ask llama.cpp's reference quantizers for
+//! their exact bytes row by row without a GGUF round trip.
 //!
 //! A matching stamp makes [`ensure_peer`] return at once without running anything. An interrupted
 //! or failed build leaves no stamp and resumes incrementally on the next call.
 
 use anyhow::{bail, Context, Result};
-use fixtures::support::{peer_dir, PEER_BIN_SUBDIR, PEER_STAMP, PEER_VERSION};
+use fixtures::support::{peer_dir, ORACLE_BIN, PEER_BIN_SUBDIR, PEER_STAMP, PEER_VERSION};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::path::{Path, PathBuf};
@@ -53,6 +58,15 @@ const TARGETS: &[&str] = &[
     "llama-completion",
 ];
 
+/// Our C driver around ggml's quantizers (see the module doc); embedded so the stamp's hash and the
+/// compiled program always agree.
+const ORACLE_SOURCE: &str = include_str!("../oracle/quant_oracle.c");
+
+/// How the oracle is compiled: like ggml-base on x86-64 (no `-march`, so no FMA or F16C; no
+/// `-ffast-math`), plus `-ffp-contract=off` so no compiler may fuse a multiply-add the reference
+/// code writes as two roundings (REFERENCE §2.2). Recorded in the stamp.
+const ORACLE_CFLAGS: &[&str] = &["-O2", "-ffp-contract=off", "-std=gnu11"];
+
 /// Arguments of `cargo xtask peer`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -86,6 +100,7 @@ pub fn ensure_peer() -> Result<PathBuf> {
     let wanted = stamp_text();
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted)
         && bin.join("llama-quantize").is_file()
+        && bin.join(ORACLE_BIN).is_file()
     {
         return Ok(bin);
     }
@@ -110,6 +125,7 @@ pub fn ensure_peer() -> Result<PathBuf> {
     let targets = existing_targets(&cmake, &build)?;
     compile(&cmake, &build, &targets)?;
     check_binaries(&bin, &targets)?;
+    build_oracle(&dir, &source, &bin)?;
     write_atomically(&stamp, &wanted)?;
     Ok(bin)
 }
@@ -117,10 +133,53 @@ pub fn ensure_peer() -> Result<PathBuf> {
 /// What the stamp must say for a cached build to be reused.
 fn stamp_text() -> String {
     format!(
-        "llama-cpp-python {PEER_VERSION}\nsdist sha256 {SDIST_SHA256}\ncmake {}\ntargets {}\n",
+        "llama-cpp-python {PEER_VERSION}\nsdist sha256 {SDIST_SHA256}\ncmake {}\ntargets {}\n\
+         oracle {ORACLE_BIN} fnv1a64 {:016x} cflags {}\n",
         CMAKE_FLAGS.join(" "),
-        TARGETS.join(" ")
+        TARGETS.join(" "),
+        fnv1a64(ORACLE_SOURCE.as_bytes()),
+        ORACLE_CFLAGS.join(" ")
     )
+}
+
+/// FNV-1a, 64-bit: enough to notice an edited harness in the stamp (not a security hash).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Compiles [`ORACLE_SOURCE`] with the tree's `ggml-quants.c` into `bin/r1q-quant-oracle` (via a
+/// `.partial` file and rename). Uses `$CC` if set, else `gcc`; a few seconds.
+fn build_oracle(dir: &Path, source: &Path, bin: &Path) -> Result<()> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
+    let work = dir.join("build/r1q-oracle");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let harness = work.join("quant_oracle.c");
+    std::fs::write(&harness, ORACLE_SOURCE)
+        .with_context(|| format!("writing {}", harness.display()))?;
+    let ggml = source.join("ggml");
+    let out = bin.join(ORACLE_BIN);
+    let partial = out.with_extension("partial");
+    eprintln!("peer: compiling {ORACLE_BIN} with {cc}…");
+    let mut cmd = Command::new(&cc);
+    cmd.args(ORACLE_CFLAGS)
+        .arg("-I")
+        .arg(ggml.join("include"))
+        .arg("-I")
+        .arg(ggml.join("src"))
+        .arg("-I")
+        .arg(ggml.join("src/ggml-cpu"))
+        .arg(&harness)
+        .arg(ggml.join("src/ggml-quants.c"))
+        .arg("-lm")
+        .arg("-o")
+        .arg(&partial);
+    run_captured(&mut cmd).with_context(|| {
+        format!("compiling {ORACLE_BIN} failed (is a C compiler installed? set CC to choose one)")
+    })?;
+    std::fs::rename(&partial, &out)
+        .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
 }
 
 /// `Ok(tool)` when `tool --version` runs; an error saying why not otherwise.
@@ -415,6 +474,14 @@ mod tests {
         assert!(s.contains(PEER_VERSION));
         assert!(s.contains("-DBUILD_SHARED_LIBS=OFF"));
         assert!(s.contains("llama-quantize"));
+        assert!(s.contains(ORACLE_BIN));
+        assert!(s.contains("-ffp-contract=off"));
+    }
+
+    #[test]
+    fn fnv1a64_known_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]
