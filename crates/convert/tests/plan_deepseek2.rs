@@ -71,7 +71,11 @@ fn expected(d: &Ds) -> Vec<Expect> {
         hf: vec![(hf.to_string(), shape)],
     };
     let mut e = vec![
-        one("token_embd.weight", "model.embed_tokens.weight", vec![d.v, d.h]),
+        one(
+            "token_embd.weight",
+            "model.embed_tokens.weight",
+            vec![d.v, d.h],
+        ),
         one("output_norm.weight", "model.norm.weight", vec![d.h]),
         one("output.weight", "lm_head.weight", vec![d.v, d.h]),
     ];
@@ -83,18 +87,38 @@ fn expected(d: &Ds) -> Vec<Expect> {
         e.push(t("attn_norm.weight", "input_layernorm.weight", vec![d.h]));
         match d.q_lora {
             Some(r) => {
-                e.push(t("attn_q_a.weight", "self_attn.q_a_proj.weight", vec![r, d.h]));
-                e.push(t("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight", vec![r]));
-                e.push(t("attn_q_b.weight", "self_attn.q_b_proj.weight", vec![d.heads * qh, r]));
+                e.push(t(
+                    "attn_q_a.weight",
+                    "self_attn.q_a_proj.weight",
+                    vec![r, d.h],
+                ));
+                e.push(t(
+                    "attn_q_a_norm.weight",
+                    "self_attn.q_a_layernorm.weight",
+                    vec![r],
+                ));
+                e.push(t(
+                    "attn_q_b.weight",
+                    "self_attn.q_b_proj.weight",
+                    vec![d.heads * qh, r],
+                ));
             }
-            None => e.push(t("attn_q.weight", "self_attn.q_proj.weight", vec![d.heads * qh, d.h])),
+            None => e.push(t(
+                "attn_q.weight",
+                "self_attn.q_proj.weight",
+                vec![d.heads * qh, d.h],
+            )),
         }
         e.push(t(
             "attn_kv_a_mqa.weight",
             "self_attn.kv_a_proj_with_mqa.weight",
             vec![d.kv_lora + d.rope, d.h],
         ));
-        e.push(t("attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight", vec![d.kv_lora]));
+        e.push(t(
+            "attn_kv_a_norm.weight",
+            "self_attn.kv_a_layernorm.weight",
+            vec![d.kv_lora],
+        ));
         let kvb = vec![d.heads * (d.nope + d.vd), d.kv_lora];
         let (nope, r, vd, hh) = (d.nope as u64, d.kv_lora as u64, d.vd as u64, d.heads as u64);
         e.push(Expect {
@@ -107,16 +131,32 @@ fn expected(d: &Ds) -> Vec<Expect> {
             ne: vec![r, vd, hh],
             hf: vec![(p("self_attn.kv_b_proj.weight"), kvb)],
         });
-        e.push(t("attn_output.weight", "self_attn.o_proj.weight", vec![d.h, d.heads * d.vd]));
-        e.push(t("ffn_norm.weight", "post_attention_layernorm.weight", vec![d.h]));
+        e.push(t(
+            "attn_output.weight",
+            "self_attn.o_proj.weight",
+            vec![d.h, d.heads * d.vd],
+        ));
+        e.push(t(
+            "ffn_norm.weight",
+            "post_attention_layernorm.weight",
+            vec![d.h],
+        ));
         if i < d.dense {
             e.push(t("ffn_gate.weight", "mlp.gate_proj.weight", vec![d.f, d.h]));
             e.push(t("ffn_up.weight", "mlp.up_proj.weight", vec![d.f, d.h]));
             e.push(t("ffn_down.weight", "mlp.down_proj.weight", vec![d.h, d.f]));
             continue;
         }
-        e.push(t("ffn_gate_inp.weight", "mlp.gate.weight", vec![d.experts, d.h]));
-        e.push(t("exp_probs_b.bias", "mlp.gate.e_score_correction_bias", vec![d.experts]));
+        e.push(t(
+            "ffn_gate_inp.weight",
+            "mlp.gate.weight",
+            vec![d.experts, d.h],
+        ));
+        e.push(t(
+            "exp_probs_b.bias",
+            "mlp.gate.e_score_correction_bias",
+            vec![d.experts],
+        ));
         for (proj, shape) in [
             ("gate", vec![d.fe, d.h]),
             ("up", vec![d.fe, d.h]),
@@ -126,7 +166,12 @@ fn expected(d: &Ds) -> Vec<Expect> {
                 name: b(&format!("ffn_{proj}_exps.weight")),
                 ne: vec![shape[1] as u64, shape[0] as u64, d.experts as u64],
                 hf: (0..d.experts)
-                    .map(|x| (p(&format!("mlp.experts.{x}.{proj}_proj.weight")), shape.clone()))
+                    .map(|x| {
+                        (
+                            p(&format!("mlp.experts.{x}.{proj}_proj.weight")),
+                            shape.clone(),
+                        )
+                    })
                     .collect(),
             });
         }
@@ -161,12 +206,36 @@ fn check_tensors(plan: &convert::plan::Plan, exp: &[Expect], metas: &[TensorMeta
             assert_eq!(&m.shape, shape, "{n}");
         }
         match &t.source {
-            Source::KvB { part, n_head, qk_nope, v_head, .. } => {
-                let want_part = if t.name.ends_with("attn_k_b.weight") { KvBPart::K } else { KvBPart::V };
+            Source::KvB {
+                part,
+                n_head,
+                qk_nope,
+                v_head,
+                ..
+            } => {
+                let want_part = if t.name.ends_with("attn_k_b.weight") {
+                    KvBPart::K
+                } else {
+                    KvBPart::V
+                };
                 assert_eq!(*part, want_part);
                 assert_eq!(*n_head, *t.dims.last().unwrap());
-                assert_eq!(*qk_nope, if want_part == KvBPart::K { t.dims[0] } else { *qk_nope });
-                assert_eq!(*v_head, if want_part == KvBPart::V { t.dims[1] } else { *v_head });
+                assert_eq!(
+                    *qk_nope,
+                    if want_part == KvBPart::K {
+                        t.dims[0]
+                    } else {
+                        *qk_nope
+                    }
+                );
+                assert_eq!(
+                    *v_head,
+                    if want_part == KvBPart::V {
+                        t.dims[1]
+                    } else {
+                        *v_head
+                    }
+                );
             }
             Source::Stack { .. } => assert!(t.name.contains("_exps.")),
             Source::Tensor { .. } => {}
@@ -210,10 +279,17 @@ fn fixture_plan_tensors_types_and_coverage() {
             assert!(s.name.ends_with("weight_scale_inv"), "{}", s.name);
         }
     }
-    let n_mtp = ckpt.tensors().iter().filter(|m| m.name.starts_with(&mtp)).count();
+    let n_mtp = ckpt
+        .tensors()
+        .iter()
+        .filter(|m| m.name.starts_with(&mtp))
+        .count();
     assert!(n_mtp > 0);
     assert_eq!(
-        plan.skipped.iter().filter(|s| s.reason == SkipReason::MtpLayer).count(),
+        plan.skipped
+            .iter()
+            .filter(|s| s.reason == SkipReason::MtpLayer)
+            .count(),
         n_mtp
     );
     let kv = kv_map(&plan);
@@ -232,43 +308,85 @@ fn check_deepseek_kv(plan: &convert::plan::Plan, cfg: &Value) {
     let rs = &cfg["rope_scaling"];
     let want: Vec<(&str, GgufValue)> = vec![
         ("block_count", GgufValue::U32(u("num_hidden_layers"))),
-        ("context_length", GgufValue::U32(u("max_position_embeddings"))),
+        (
+            "context_length",
+            GgufValue::U32(u("max_position_embeddings")),
+        ),
         ("embedding_length", GgufValue::U32(u("hidden_size"))),
-        ("feed_forward_length", GgufValue::U32(u("intermediate_size"))),
-        ("attention.head_count", GgufValue::U32(u("num_attention_heads"))),
+        (
+            "feed_forward_length",
+            GgufValue::U32(u("intermediate_size")),
+        ),
+        (
+            "attention.head_count",
+            GgufValue::U32(u("num_attention_heads")),
+        ),
         ("attention.head_count_kv", GgufValue::U32(1)),
         ("rope.freq_base", GgufValue::F32(f("rope_theta"))),
-        ("attention.layer_norm_rms_epsilon", GgufValue::F32(f("rms_norm_eps"))),
+        (
+            "attention.layer_norm_rms_epsilon",
+            GgufValue::F32(f("rms_norm_eps")),
+        ),
         ("expert_count", GgufValue::U32(u("n_routed_experts"))),
-        ("expert_used_count", GgufValue::U32(u("num_experts_per_tok"))),
+        (
+            "expert_used_count",
+            GgufValue::U32(u("num_experts_per_tok")),
+        ),
         ("expert_group_count", GgufValue::U32(u("n_group"))),
         ("expert_group_used_count", GgufValue::U32(u("topk_group"))),
         ("expert_gating_func", GgufValue::U32(2)),
         ("rope.scaling.type", GgufValue::String("yarn".into())),
-        ("rope.scaling.factor", GgufValue::F32(rs["factor"].as_f64().unwrap() as f32)),
+        (
+            "rope.scaling.factor",
+            GgufValue::F32(rs["factor"].as_f64().unwrap() as f32),
+        ),
         (
             "rope.scaling.original_context_length",
             GgufValue::U32(rs["original_max_position_embeddings"].as_u64().unwrap() as u32),
         ),
-        ("rope.scaling.yarn_beta_fast", GgufValue::F32(rs["beta_fast"].as_f64().unwrap() as f32)),
-        ("rope.scaling.yarn_beta_slow", GgufValue::F32(rs["beta_slow"].as_f64().unwrap() as f32)),
+        (
+            "rope.scaling.yarn_beta_fast",
+            GgufValue::F32(rs["beta_fast"].as_f64().unwrap() as f32),
+        ),
+        (
+            "rope.scaling.yarn_beta_slow",
+            GgufValue::F32(rs["beta_slow"].as_f64().unwrap() as f32),
+        ),
         (
             "rope.scaling.yarn_log_multiplier",
             GgufValue::F32((0.1 * rs["mscale_all_dim"].as_f64().unwrap()) as f32),
         ),
-        ("leading_dense_block_count", GgufValue::U32(u("first_k_dense_replace"))),
+        (
+            "leading_dense_block_count",
+            GgufValue::U32(u("first_k_dense_replace")),
+        ),
         ("vocab_size", GgufValue::U32(u("vocab_size"))),
         ("attention.q_lora_rank", GgufValue::U32(u("q_lora_rank"))),
         ("attention.kv_lora_rank", GgufValue::U32(u("kv_lora_rank"))),
-        ("attention.key_length", GgufValue::U32((d.kv_lora + d.rope) as u32)),
+        (
+            "attention.key_length",
+            GgufValue::U32((d.kv_lora + d.rope) as u32),
+        ),
         ("attention.value_length", GgufValue::U32(d.kv_lora as u32)),
-        ("attention.key_length_mla", GgufValue::U32((d.nope + d.rope) as u32)),
+        (
+            "attention.key_length_mla",
+            GgufValue::U32((d.nope + d.rope) as u32),
+        ),
         ("attention.value_length_mla", GgufValue::U32(d.vd as u32)),
-        ("expert_feed_forward_length", GgufValue::U32(u("moe_intermediate_size"))),
+        (
+            "expert_feed_forward_length",
+            GgufValue::U32(u("moe_intermediate_size")),
+        ),
         ("expert_shared_count", GgufValue::U32(u("n_shared_experts"))),
-        ("expert_weights_scale", GgufValue::F32(f("routed_scaling_factor"))),
+        (
+            "expert_weights_scale",
+            GgufValue::F32(f("routed_scaling_factor")),
+        ),
         ("expert_weights_norm", GgufValue::Bool(true)),
-        ("rope.dimension_count", GgufValue::U32(u("qk_rope_head_dim"))),
+        (
+            "rope.dimension_count",
+            GgufValue::U32(u("qk_rope_head_dim")),
+        ),
     ];
     for (k, v) in &want {
         let key = format!("deepseek2.{k}");
@@ -284,7 +402,10 @@ fn fixture_metadata_has_every_deepseek2_key() {
     let plan = plan_dir(&dir, GgmlType::Q8_0).unwrap();
     check_deepseek_kv(&plan, &config(&dir));
     let kv = kv_map(&plan);
-    assert_eq!(kv["general.name"], GgufValue::String("DeepSeek R1 Tiny".into()));
+    assert_eq!(
+        kv["general.name"],
+        GgufValue::String("DeepSeek R1 Tiny".into())
+    );
 }
 
 /// The DeepSeek-R1 release config.json.
@@ -311,7 +432,10 @@ const R1_CONFIG: &str = r#"{
 /// release stores them: no data needed to plan.
 fn synthetic_metas(d: &Ds, mtp: usize) -> Vec<TensorMeta> {
     let mut all: Vec<(String, Vec<usize>)> = Vec::new();
-    let full = Ds { layers: d.layers + mtp, ..*d };
+    let full = Ds {
+        layers: d.layers + mtp,
+        ..*d
+    };
     for e in expected(&full) {
         for hf in e.hf {
             if !all.contains(&hf) {
@@ -330,9 +454,7 @@ fn synthetic_metas(d: &Ds, mtp: usize) -> Vec<TensorMeta> {
     }
     let mut metas = Vec::new();
     for (name, shape) in all {
-        let fp8 = shape.len() == 2
-            && name.contains("_proj.")
-            && !name.contains("eh_proj");
+        let fp8 = shape.len() == 2 && name.contains("_proj.") && !name.contains("eh_proj");
         let dtype = if name.ends_with("e_score_correction_bias") {
             Dtype::F32
         } else if fp8 {
@@ -375,14 +497,17 @@ fn real_r1_config_plans_1086_tensors_256x20b() {
         outtype: GgmlType::Q8_0,
         ..PlanOptions::default()
     };
-    let plan = arch::plan_from_headers(&config, &metas, Path::new("/models/DeepSeek-R1"), &opts)
-        .unwrap();
+    let plan =
+        arch::plan_from_headers(&config, &metas, Path::new("/models/DeepSeek-R1"), &opts).unwrap();
     assert_eq!(plan.tensors.len(), 1086);
     check_tensors(&plan, &expected(&d), &metas);
     check_types(&plan, GgmlType::Q8_0);
     check_deepseek_kv(&plan, &cfg);
     let kv = kv_map(&plan);
-    assert_eq!(kv["general.size_label"], GgufValue::String("256x20B".into()));
+    assert_eq!(
+        kv["general.size_label"],
+        GgufValue::String("256x20B".into())
+    );
     assert_eq!(kv["general.name"], GgufValue::String("DeepSeek R1".into()));
     assert_eq!(kv["deepseek2.block_count"], GgufValue::U32(61));
     assert_eq!(kv["deepseek2.attention.key_length"], GgufValue::U32(576));
@@ -391,11 +516,29 @@ fn real_r1_config_plans_1086_tensors_256x20b() {
         GgufValue::F32(0.1)
     );
     // Total parameters as in REFERENCE (671B).
-    let total: u64 = plan.tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+    let total: u64 = plan
+        .tensors
+        .iter()
+        .map(|t| t.dims.iter().product::<u64>())
+        .sum();
     assert_eq!(total, 671_026_419_200);
-    let mtp = plan.skipped.iter().filter(|s| s.reason == SkipReason::MtpLayer).count();
-    let scales = plan.skipped.iter().filter(|s| s.reason == SkipReason::Fp8Scale).count();
-    assert_eq!(mtp, metas.iter().filter(|m| m.name.starts_with("model.layers.61.")).count());
+    let mtp = plan
+        .skipped
+        .iter()
+        .filter(|s| s.reason == SkipReason::MtpLayer)
+        .count();
+    let scales = plan
+        .skipped
+        .iter()
+        .filter(|s| s.reason == SkipReason::Fp8Scale)
+        .count();
+    assert_eq!(
+        mtp,
+        metas
+            .iter()
+            .filter(|m| m.name.starts_with("model.layers.61."))
+            .count()
+    );
     assert_eq!(
         scales,
         metas
@@ -420,26 +563,27 @@ fn v2_lite_style_null_q_lora_maps_q_proj_to_attn_q() {
     let cfg: Value = serde_json::from_str(&text).unwrap();
     let d = ds(&cfg);
     let metas = synthetic_metas(&d, 0);
-    let plan = arch::plan_from_headers(
-        &config,
-        &metas,
-        Path::new("/v2"),
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = arch::plan_from_headers(&config, &metas, Path::new("/v2"), &PlanOptions::default())
+        .unwrap();
     check_tensors(&plan, &expected(&d), &metas);
     let kv = kv_map(&plan);
     assert!(!kv.contains_key("deepseek2.attention.q_lora_rank"));
     assert!(plan.tensors.iter().any(|t| t.name == "blk.0.attn_q.weight"));
     // Shared experts are n_shared · moe_intermediate wide.
-    let sh = plan.tensors.iter().find(|t| t.name == "blk.1.ffn_gate_shexp.weight").unwrap();
+    let sh = plan
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.1.ffn_gate_shexp.weight")
+        .unwrap();
     assert_eq!(sh.dims, vec![7168, 4096]);
 }
 
 #[test]
 fn tied_lm_head_is_skipped_not_written() {
     let (_tmp, dir) = fixture(fixtures::Arch::DeepseekV3);
-    edit_config(&dir, |m| drop(m.insert("tie_word_embeddings".into(), true.into())));
+    edit_config(&dir, |m| {
+        drop(m.insert("tie_word_embeddings".into(), true.into()))
+    });
     let plan = plan_dir(&dir, GgmlType::F16).unwrap();
     assert!(!plan.tensors.iter().any(|t| t.name == "output.weight"));
     assert!(plan

@@ -22,9 +22,21 @@ fn expected(c: &Value, qwen: bool) -> Vec<(String, Vec<u64>, Option<String>)> {
     let kvh = cu(c, "num_key_value_heads") as u64;
     let hd = h / heads;
     let mut e = vec![
-        ("token_embd.weight".to_string(), vec![h, v], Some("model.embed_tokens.weight".to_string())),
-        ("output_norm.weight".into(), vec![h], Some("model.norm.weight".into())),
-        ("output.weight".into(), vec![h, v], Some("lm_head.weight".into())),
+        (
+            "token_embd.weight".to_string(),
+            vec![h, v],
+            Some("model.embed_tokens.weight".to_string()),
+        ),
+        (
+            "output_norm.weight".into(),
+            vec![h],
+            Some("model.norm.weight".into()),
+        ),
+        (
+            "output.weight".into(),
+            vec![h, v],
+            Some("lm_head.weight".into()),
+        ),
     ];
     if !qwen {
         e.push(("rope_freqs.weight".into(), vec![hd / 2], None));
@@ -34,13 +46,29 @@ fn expected(c: &Value, qwen: bool) -> Vec<(String, Vec<u64>, Option<String>)> {
         let p = |s: &str| Some(format!("model.layers.{i}.{s}"));
         e.push((b("attn_norm.weight"), vec![h], p("input_layernorm.weight")));
         for (x, out) in [("q", heads * hd), ("k", kvh * hd), ("v", kvh * hd)] {
-            e.push((b(&format!("attn_{x}.weight")), vec![h, out], p(&format!("self_attn.{x}_proj.weight"))));
+            e.push((
+                b(&format!("attn_{x}.weight")),
+                vec![h, out],
+                p(&format!("self_attn.{x}_proj.weight")),
+            ));
             if qwen {
-                e.push((b(&format!("attn_{x}.bias")), vec![out], p(&format!("self_attn.{x}_proj.bias"))));
+                e.push((
+                    b(&format!("attn_{x}.bias")),
+                    vec![out],
+                    p(&format!("self_attn.{x}_proj.bias")),
+                ));
             }
         }
-        e.push((b("attn_output.weight"), vec![heads * hd, h], p("self_attn.o_proj.weight")));
-        e.push((b("ffn_norm.weight"), vec![h], p("post_attention_layernorm.weight")));
+        e.push((
+            b("attn_output.weight"),
+            vec![heads * hd, h],
+            p("self_attn.o_proj.weight"),
+        ));
+        e.push((
+            b("ffn_norm.weight"),
+            vec![h],
+            p("post_attention_layernorm.weight"),
+        ));
         e.push((b("ffn_gate.weight"), vec![h, f], p("mlp.gate_proj.weight")));
         e.push((b("ffn_up.weight"), vec![h, f], p("mlp.up_proj.weight")));
         e.push((b("ffn_down.weight"), vec![f, h], p("mlp.down_proj.weight")));
@@ -87,7 +115,10 @@ fn qwen2_plan() {
     for outtype in OUTTYPES {
         let plan = plan_dir(&dir, outtype).unwrap();
         check_tensors(&plan, &exp);
-        assert!(plan.tensors.iter().all(|t| matches!(t.source, Source::Tensor { .. })));
+        assert!(plan
+            .tensors
+            .iter()
+            .all(|t| matches!(t.source, Source::Tensor { .. })));
         check_coverage(&plan, &dir);
         check_types(&plan, outtype);
         for t in plan.tensors.iter().filter(|t| t.name.ends_with(".bias")) {
@@ -158,25 +189,37 @@ fn llama_plan() {
                     assert_eq!(t.ggml_type, GgmlType::F32);
                     let want = llama3_factors(&c);
                     assert_eq!(v.len(), want.len());
-                    assert!(want.iter().any(|&w| w == 1.0) && want.iter().any(|&w| w == 8.0));
+                    assert!(want.contains(&1.0) && want.contains(&8.0));
                     assert!(want.iter().any(|&w| w > 1.0 && w < 8.0), "no smooth band");
                     for (i, (&g, &w)) in v.iter().zip(&want).enumerate() {
-                        assert!(((g as f64) - w).abs() <= 1e-5 * w, "rope_freqs[{i}] {g} vs {w}");
+                        assert!(
+                            ((g as f64) - w).abs() <= 1e-5 * w,
+                            "rope_freqs[{i}] {g} vs {w}"
+                        );
                     }
                 }
                 (Source::Tensor { .. }, n) => {
-                    assert!(!n.ends_with("attn_q.weight") && !n.ends_with("attn_k.weight"), "{n}")
+                    assert!(
+                        !n.ends_with("attn_q.weight") && !n.ends_with("attn_k.weight"),
+                        "{n}"
+                    )
                 }
                 (s, n) => panic!("{n}: unexpected source {s:?}"),
             }
         }
         let kv = kv_map(&plan);
-        assert_eq!(kv["llama.vocab_size"], GgufValue::U32(cu(&c, "vocab_size") as u32));
+        assert_eq!(
+            kv["llama.vocab_size"],
+            GgufValue::U32(cu(&c, "vocab_size") as u32)
+        );
         assert_eq!(
             kv["llama.rope.dimension_count"],
             GgufValue::U32((cu(&c, "hidden_size") / cu(&c, "num_attention_heads")) as u32)
         );
-        assert!(!kv.keys().any(|k| k.starts_with("llama.rope.scaling")), "llama3 writes no scaling keys");
+        assert!(
+            !kv.keys().any(|k| k.starts_with("llama.rope.scaling")),
+            "llama3 writes no scaling keys"
+        );
         let arch_keys = kv.keys().filter(|k| k.starts_with("llama.")).count();
         assert_eq!(arch_keys, 10);
     }
@@ -201,9 +244,15 @@ fn qwen2_yarn_scaling_writes_scaling_keys() {
     });
     let plan = plan_dir(&dir, GgmlType::F16).unwrap();
     let kv = kv_map(&plan);
-    assert_eq!(kv["qwen2.rope.scaling.type"], GgufValue::String("yarn".into()));
+    assert_eq!(
+        kv["qwen2.rope.scaling.type"],
+        GgufValue::String("yarn".into())
+    );
     assert_eq!(kv["qwen2.rope.scaling.factor"], GgufValue::F32(4.0));
-    assert_eq!(kv["qwen2.rope.scaling.original_context_length"], GgufValue::U32(32768));
+    assert_eq!(
+        kv["qwen2.rope.scaling.original_context_length"],
+        GgufValue::U32(32768)
+    );
 }
 
 #[test]
@@ -217,10 +266,18 @@ fn name_override_and_dense_size_label() {
     let plan = convert::arch::plan(&ckpt, &opts).unwrap();
     let kv = kv_map(&plan);
     assert_eq!(kv["general.name"], GgufValue::String("My Model".into()));
-    let total: u64 = plan.tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+    let total: u64 = plan
+        .tensors
+        .iter()
+        .map(|t| t.dims.iter().product::<u64>())
+        .sum();
     // Dense: the total in gguf-py's notation (tiny fixtures are in the millions).
     assert!(total > 1_000_000 && total < 100_000_000, "{total}");
     let want = format!("{:.1}M", total as f64 * 1e-6);
-    let want = if total as f64 * 1e-6 >= 9.5 { format!("{:.0}M", total as f64 * 1e-6) } else { want };
+    let want = if total as f64 * 1e-6 >= 9.5 {
+        format!("{:.0}M", total as f64 * 1e-6)
+    } else {
+        want
+    };
     assert_eq!(kv["general.size_label"], GgufValue::String(want));
 }

@@ -69,7 +69,7 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
     let dir = checkpoint_dir(ckpt);
     let config = ckpt.config().ok_or_else(|| ConvertError::Mapping {
         path: dir.join(formats::checkpoint::CONFIG_FILE),
-        detail: "config.json is missing: the architecture and its sizes come from it (point \
+        detail: "not found; the architecture and its sizes come from config.json (point \
                  convert at the checkpoint directory, not at a .safetensors file)"
             .into(),
     })?;

@@ -200,7 +200,10 @@ pub fn read_st(path: &Path) -> Vec<StEntry> {
             continue;
         }
         let off = &e["data_offsets"];
-        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let (a, b) = (
+            off[0].as_u64().unwrap() as usize,
+            off[1].as_u64().unwrap() as usize,
+        );
         out.push(StEntry {
             name: name.clone(),
             dtype: e["dtype"].as_str().unwrap().to_string(),
