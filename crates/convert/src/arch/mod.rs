@@ -511,3 +511,27 @@ pub(crate) fn text_model_kv(kv: &mut Kv<'_>, p: &TextParams<'_>, outtype: GgmlTy
     kv.raw(general::file_type(outtype));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_types_follow_prepare_tensors() {
+        use GgmlType::*;
+        let cases: [(&str, &[u64], GgmlType, GgmlType); 9] = [
+            ("blk.0.attn_norm.weight", &[256], BF16, F32),
+            ("blk.0.attn_q.bias", &[256], Q8_0, F32),
+            ("blk.0.attn_q_a_norm.weight", &[192], F16, F32),
+            ("blk.1.ffn_gate_inp.weight", &[256, 8], Q8_0, F32),
+            ("blk.1.exp_probs_b.bias", &[8], BF16, F32),
+            ("blk.0.ffn_down.weight", &[352, 256], Q8_0, Q8_0),
+            ("blk.0.ffn_down.weight", &[100, 256], Q8_0, F16),
+            ("blk.0.ffn_down.weight", &[100, 256], BF16, BF16),
+            ("blk.1.ffn_up_exps.weight", &[256, 64, 8], F32, F32),
+        ];
+        for (name, dims, outtype, want) in cases {
+            assert_eq!(output_type(name, dims, outtype), want, "{name} {dims:?}");
+        }
+    }
+}
