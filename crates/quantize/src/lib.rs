@@ -13,7 +13,14 @@
 
 mod block;
 mod cast;
+mod k_scales;
+mod q2_k;
+mod q3_k;
+mod q4_k;
+mod q5_k;
+mod q6_k;
 mod q8_0;
 mod rows;
+mod search_k;
 
 pub use rows::{dequantize_rows, quantize_rows, supports, QuantizeError};

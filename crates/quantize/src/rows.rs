@@ -8,6 +8,11 @@ use rayon::prelude::*;
 
 use crate::block::Block;
 use crate::cast;
+use crate::q2_k::BlockQ2K;
+use crate::q3_k::BlockQ3K;
+use crate::q4_k::BlockQ4K;
+use crate::q5_k::BlockQ5K;
+use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 
 /// Why rows could not be (de)quantized.
@@ -40,7 +45,15 @@ pub enum QuantizeError {
 pub fn supports(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q8_0
+            | GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
     )
 }
 
@@ -53,8 +66,8 @@ const PAR_PIECE_ELEMS: usize = 1 << 16;
 
 /// Quantizes `src` (whole rows of `n_per_row` values) into `dst` (exactly
 /// `rows · row_size(n_per_row)` bytes), with optional per-column importance weights
-/// (`n_per_row` values, shared by every row). The types handled so far (F32, F16, BF16, Q8_0)
-/// ignore the weights, as llama.cpp does.
+/// (`n_per_row` values, shared by every row). F32, F16, BF16 and Q8_0 ignore the weights, as
+/// llama.cpp does; the K-quants use llama.cpp's `*_ref` quantizer without them and `*_impl` with.
 pub fn quantize_rows(
     ty: GgmlType,
     src: &[f32],
@@ -85,6 +98,27 @@ pub fn quantize_rows(
         GgmlType::F16 => cast::quantize_f16(s, d),
         GgmlType::BF16 => cast::quantize_bf16(s, d),
         t if t == BlockQ8_0::TYPE => quantize_blocks::<BlockQ8_0>(s, d),
+        // K-quants: `quantize_row_qN_K_ref` without an imatrix, `quantize_row_qN_K_impl` with.
+        GgmlType::Q2_K => match imatrix {
+            None => quantize_blocks::<BlockQ2K>(s, d),
+            Some(w) => quantize_blocks_weighted(s, d, w, BlockQ2K::quantize_imatrix),
+        },
+        GgmlType::Q3_K => match imatrix {
+            None => quantize_blocks::<BlockQ3K>(s, d),
+            Some(w) => quantize_blocks_weighted(s, d, w, BlockQ3K::quantize_imatrix),
+        },
+        GgmlType::Q4_K => match imatrix {
+            None => quantize_blocks::<BlockQ4K>(s, d),
+            Some(w) => quantize_blocks_weighted(s, d, w, BlockQ4K::quantize_imatrix),
+        },
+        GgmlType::Q5_K => match imatrix {
+            None => quantize_blocks::<BlockQ5K>(s, d),
+            Some(w) => quantize_blocks_weighted(s, d, w, BlockQ5K::quantize_imatrix),
+        },
+        GgmlType::Q6_K => match imatrix {
+            None => quantize_blocks::<BlockQ6K>(s, d),
+            Some(w) => quantize_blocks_weighted(s, d, w, BlockQ6K::quantize_imatrix),
+        },
         // `supports` was checked above.
         _ => {}
     };
@@ -121,6 +155,11 @@ pub fn dequantize_rows(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), 
         GgmlType::F16 => cast::dequantize_f16(s, d),
         GgmlType::BF16 => cast::dequantize_bf16(s, d),
         t if t == BlockQ8_0::TYPE => dequantize_blocks::<BlockQ8_0>(s, d),
+        GgmlType::Q2_K => dequantize_blocks::<BlockQ2K>(s, d),
+        GgmlType::Q3_K => dequantize_blocks::<BlockQ3K>(s, d),
+        GgmlType::Q4_K => dequantize_blocks::<BlockQ4K>(s, d),
+        GgmlType::Q5_K => dequantize_blocks::<BlockQ5K>(s, d),
+        GgmlType::Q6_K => dequantize_blocks::<BlockQ6K>(s, d),
         // `supports` was checked above.
         _ => {}
     };
@@ -188,6 +227,33 @@ fn quantize_blocks<B: Block>(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// Quantizes whole rows of `B` with per-column importance weights `qw` (one row's worth, shared
+/// by every row; sizes already checked): block k of a row gets `qw[k·ELEMS..(k+1)·ELEMS]`, as
+/// the `quantize_row_*_impl` functions index `quant_weights + QK_K·i`.
+fn quantize_blocks_weighted<B: Block>(
+    src: &[f32],
+    dst: &mut [u8],
+    qw: &[f32],
+    quantize: fn(&[f32], &[f32]) -> B,
+) {
+    let row_bytes = qw.len() / B::ELEMS * B::BYTES;
+    if row_bytes == 0 {
+        return;
+    }
+    for (row, out) in src
+        .chunks_exact(qw.len())
+        .zip(dst.chunks_exact_mut(row_bytes))
+    {
+        for ((x, w), o) in row
+            .chunks_exact(B::ELEMS)
+            .zip(qw.chunks_exact(B::ELEMS))
+            .zip(out.chunks_exact_mut(B::BYTES))
+        {
+            quantize(x, w).write(o);
+        }
+    }
+}
+
 /// Dequantizes whole blocks of `B` (sizes already checked).
 fn dequantize_blocks<B: Block>(src: &[u8], dst: &mut [f32]) {
     for (bytes, y) in src
@@ -225,7 +291,7 @@ mod tests {
             Err(QuantizeError::Size(_))
         ));
         assert!(matches!(
-            quantize_rows(GgmlType::Q4_K, &src, 64, None, &mut dst),
+            quantize_rows(GgmlType::IQ2_XXS, &src, 64, None, &mut dst),
             Err(QuantizeError::Unsupported { .. })
         ));
         assert!(matches!(
