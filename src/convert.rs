@@ -160,7 +160,7 @@ fn summary_line(s: &Summary, outtype: OutType) -> String {
         format!(", peak RSS {:.1} MiB", k as f64 / 1024.0)
     });
     format!(
-        "wrote {}: {} tensors, {:.3} GiB ({:?} weights), {:.2} s, {:.2} GB/s of checkpoint data{rss}",
+        "wrote {}: {} tensors, {:.3} GiB ({:?} weights), {:.3} s, {:.2} GB/s of checkpoint data{rss}",
         s.path.display(),
         s.tensors,
         gib(s.file_bytes),

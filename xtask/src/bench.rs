@@ -1,5 +1,7 @@
 //! `cargo xtask bench …`: throughput measurements printed as markdown tables.
 //!
+//! `convert`: `r1q convert` end to end on the deepseek-v3 fixture (see `bench_convert.rs`).
+//!
 //! `dequant`: FP8 (e4m3, 128×128 block scales) → f32 on synthetic tensors shaped like R1's expert
 //! matrices, on one thread and on all threads, with BF16 → f32 for comparison. Output goes into
 //! tile buffers of the size the converter uses (as in the real pipeline: mmap → f32 tile →
@@ -14,11 +16,16 @@ use formats::checkpoint::{
 };
 use rayon::prelude::*;
 
+#[path = "bench_convert.rs"]
+mod bench_convert;
+
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Which {
     /// FP8 block dequantization and BF16 widening to f32.
     Dequant,
+    /// `r1q convert` end to end: FP8 → bf16 and → q8_0 throughput and peak RSS.
+    Convert,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -36,6 +43,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     match args.which {
         Which::Dequant => dequant(args.reps.max(1)),
+        Which::Convert => bench_convert::run(args.reps.max(1)),
     }
 }
 

@@ -11,7 +11,8 @@
 //! in flight; the calling thread writes finished chunks in file order to a
 //! [`GgufWriter`] (which writes `OUT.partial` and renames it on success), reports progress and
 //! polls the interrupt flag between chunks. After each chunk the checkpoint pages it read are
-//! dropped from the resident set (see `release.rs`).
+//! dropped from the resident set, and every `W` chunks all mapped checkpoint pages are (the
+//! kernel's fault-around maps cached neighbours too; see `release.rs`).
 //!
 //! # Peak memory
 //!
@@ -295,6 +296,7 @@ pub fn execute(
         .clone()
         .unwrap_or_else(|| Arc::clone(global_interrupt()));
 
+    let sweeper = release::Sweeper::new(ckpt);
     let mut writer = GgufWriter::create(out, &plan.metadata, decls)?;
     progress.begin(total);
 
@@ -365,6 +367,9 @@ pub fn execute(
             pending.insert(done.seq, done);
             while let Some(done) = pending.remove(&written) {
                 written += 1;
+                if written % window as u64 == 0 {
+                    sweeper.sweep();
+                }
                 if failure.is_none() && !interrupted {
                     if let Err(e) = write_chunk(&mut writer, plan, &done, progress) {
                         failure = Some(e);

@@ -15,14 +15,28 @@
 /// holding references see the same bytes after the refault.
 #[cfg(target_os = "linux")]
 pub(crate) fn release_pages(bytes: &[u8]) {
-    if bytes.is_empty() {
+    release_range(
+        bytes.as_ptr() as usize,
+        bytes.as_ptr() as usize + bytes.len(),
+    );
+}
+
+/// Like [`release_pages`] for the address range `start..end`, which must lie inside one
+/// read-only file mapping (the span of one shard's tensors: see `Sweeper`).
+///
+/// Needed besides the per-chunk release because the kernel's fault-around maps up to 64 KiB of
+/// cached neighbours on each fault, including pages of chunks already released; a periodic sweep
+/// over whole shards drops those too.
+#[cfg(target_os = "linux")]
+pub(crate) fn release_range(start: usize, end: usize) {
+    if end <= start {
         return;
     }
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let page = if page.is_power_of_two() { page } else { 4096 };
-    let start = bytes.as_ptr() as usize & !(page - 1);
-    let end = (bytes.as_ptr() as usize + bytes.len()).div_ceil(page) * page;
+    let start = start & !(page - 1);
+    let end = end.div_ceil(page) * page;
     // SAFETY: the range lies within the mapping that holds `bytes` (mappings are page-aligned and
     // span whole pages). MADV_DONTNEED on a read-only shared file mapping only unmaps pages; the
     // next access reads the unchanged file contents back, so no reference observes a change. The
@@ -35,3 +49,44 @@ pub(crate) fn release_pages(bytes: &[u8]) {
 /// Elsewhere the pages are left to the OS.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn release_pages(_bytes: &[u8]) {}
+
+/// Elsewhere the pages are left to the OS.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn release_range(_start: usize, _end: usize) {}
+
+/// The address span of every shard's tensor data, swept with [`release_range`] every few
+/// chunks so fault-around pages cannot accumulate over a 690 GB run.
+#[derive(Debug, Default)]
+pub(crate) struct Sweeper {
+    spans: Vec<(usize, usize)>,
+}
+
+impl Sweeper {
+    /// Spans of `ckpt`'s shards, from its tensor views (headers only, no data touched).
+    pub(crate) fn new(ckpt: &formats::checkpoint::Checkpoint) -> Self {
+        let mut by_file: std::collections::HashMap<&std::path::Path, (usize, usize)> =
+            std::collections::HashMap::new();
+        for m in ckpt.tensors() {
+            let Ok(view) = ckpt.tensor(&m.name) else {
+                continue;
+            };
+            let (a, b) = (
+                view.data.as_ptr() as usize,
+                view.data.as_ptr() as usize + view.data.len(),
+            );
+            let e = by_file.entry(m.file.as_path()).or_insert((a, b));
+            *e = (e.0.min(a), e.1.max(b));
+        }
+        Sweeper {
+            spans: by_file.into_values().collect(),
+        }
+    }
+
+    /// Drops every mapped checkpoint page from the resident set (in-flight chunks fault theirs
+    /// back in from the page cache).
+    pub(crate) fn sweep(&self) {
+        for &(a, b) in &self.spans {
+            release_range(a, b);
+        }
+    }
+}
