@@ -41,10 +41,11 @@ fn eval_text(dir: &Path) -> PathBuf {
 }
 
 /// Runs llama-perplexity and returns the final estimate. The peer sometimes exits 0 without
-/// flushing its last lines (REFERENCE §8 item 11), so a run without `Final estimate` is retried.
+/// flushing its logger (REFERENCE §8 item 11): then the running estimate after the last chunk,
+/// which it prints on stdout as `[2]X,`, is the same number; a run with neither is retried.
 fn llama_perplexity(bin: &Path, model: &Path, text: &Path) -> f64 {
     let mut last = String::new();
-    for _ in 0..4 {
+    for _ in 0..10 {
         let out = Command::new(bin)
             .arg("-m")
             .arg(model)
@@ -65,12 +66,17 @@ fn llama_perplexity(bin: &Path, model: &Path, text: &Path) -> f64 {
             "llama-perplexity failed on {}:\n{all}",
             model.display()
         );
-        if let Some(ppl) = final_estimate(&all) {
+        if let Some(ppl) = final_estimate(&all).or_else(|| last_chunk(&all, 2)) {
             return ppl;
         }
         last = all;
     }
     panic!("llama-perplexity never printed its final estimate:\n{last}");
+}
+
+fn last_chunk(log: &str, n_chunks: usize) -> Option<f64> {
+    let rest = log.split(&format!("[{n_chunks}]")).nth(1)?;
+    rest.split(',').next()?.trim().parse().ok()
 }
 
 fn final_estimate(log: &str) -> Option<f64> {
