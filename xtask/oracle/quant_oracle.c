@@ -6,9 +6,9 @@
  * quantize_<type> functions ggml_quantize_chunk dispatches to, and dequantize_row_<type>) and
  * provides the four symbols ggml-quants.c takes from ggml.c (ggml_abort, ggml_type_name,
  * ggml_type_size, ggml_row_size). Build (see xtask/src/peer.rs), no -march, no -ffast-math, no
- * FMA contraction, like ggml-base on x86-64:
+ * FMA contraction, asserts off, like ggml-base's Release build on x86-64:
  *
- *   gcc -O2 -ffp-contract=off -std=gnu11 -I ggml/include -I ggml/src -I ggml/src/ggml-cpu \
+ *   gcc -O2 -DNDEBUG -ffp-contract=off -std=gnu11 -I ggml/include -I ggml/src -I ggml/src/ggml-cpu \
  *       quant_oracle.c ggml/src/ggml-quants.c -lm -o r1q-quant-oracle
  *
  * Usage: r1q-quant-oracle [REQUEST_FILE]   (stdin when absent or "-"); the result goes to stdout.

@@ -13,14 +13,21 @@
 
 mod block;
 mod cast;
+mod iq4_nl;
+mod iq4_xs;
 mod k_scales;
+mod legacy;
 mod q2_k;
 mod q3_k;
+mod q4_0;
+mod q4_1;
 mod q4_k;
+mod q5_0;
+mod q5_1;
 mod q5_k;
 mod q6_k;
 mod q8_0;
 mod rows;
-mod search_k;
+mod search;
 
 pub use rows::{dequantize_rows, quantize_rows, supports, QuantizeError};

@@ -9,7 +9,7 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, pack_2bit, QK_K};
-use crate::search_k::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use crate::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
 use formats::ggml_type::GgmlType;
 
 /// `block_q2_K`: `uint8_t scales[16]; uint8_t qs[64]; ggml_half d; ggml_half dmin;`.

@@ -9,7 +9,7 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, pack_2bit, QK_K};
-use crate::search_k::{make_q3_quants, make_qx_quants, nearest_int};
+use crate::search::{make_q3_quants, make_qx_quants, nearest_int};
 use formats::ggml_type::GgmlType;
 
 /// `block_q3_K`: `uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; ggml_half d;`.

@@ -8,7 +8,7 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, get_scale_min_k4, pack_scale_min_k4, QK_K};
-use crate::search_k::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use crate::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
 use formats::ggml_type::GgmlType;
 
 /// `block_q4_K`: `ggml_half d; ggml_half dmin; uint8_t scales[12]; uint8_t qs[128];`.

@@ -8,7 +8,7 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, QK_K};
-use crate::search_k::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
+use crate::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use formats::ggml_type::GgmlType;
 
 /// `block_q6_K`: `uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; ggml_half d;`.

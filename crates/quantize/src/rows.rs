@@ -8,9 +8,15 @@ use rayon::prelude::*;
 
 use crate::block::Block;
 use crate::cast;
+use crate::iq4_nl::BlockIq4Nl;
+use crate::iq4_xs::BlockIq4Xs;
 use crate::q2_k::BlockQ2K;
 use crate::q3_k::BlockQ3K;
+use crate::q4_0::BlockQ4_0;
+use crate::q4_1::BlockQ4_1;
 use crate::q4_k::BlockQ4K;
+use crate::q5_0::BlockQ5_0;
+use crate::q5_1::BlockQ5_1;
 use crate::q5_k::BlockQ5K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
@@ -54,6 +60,12 @@ pub fn supports(ty: GgmlType) -> bool {
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::IQ4_NL
+            | GgmlType::IQ4_XS
     )
 }
 
@@ -119,6 +131,33 @@ pub fn quantize_rows(
             None => quantize_blocks::<BlockQ6K>(s, d),
             Some(w) => quantize_blocks_weighted(s, d, w, BlockQ6K::quantize_imatrix),
         },
+        // Legacy: `quantize_row_*_ref` without an imatrix, `quantize_row_*_impl` (σ² of the
+        // whole row) with.
+        GgmlType::Q4_0 => match imatrix {
+            None => quantize_blocks::<BlockQ4_0>(s, d),
+            Some(w) => quantize_rows_weighted(s, d, w, BlockQ4_0::quantize_row_imatrix),
+        },
+        GgmlType::Q4_1 => match imatrix {
+            None => quantize_blocks::<BlockQ4_1>(s, d),
+            Some(w) => quantize_rows_weighted(s, d, w, BlockQ4_1::quantize_row_imatrix),
+        },
+        GgmlType::Q5_0 => match imatrix {
+            None => quantize_blocks::<BlockQ5_0>(s, d),
+            Some(w) => quantize_rows_weighted(s, d, w, BlockQ5_0::quantize_row_imatrix),
+        },
+        GgmlType::Q5_1 => match imatrix {
+            None => quantize_blocks::<BlockQ5_1>(s, d),
+            Some(w) => quantize_rows_weighted(s, d, w, BlockQ5_1::quantize_row_imatrix),
+        },
+        // IQ4: `quantize_row_iq4_nl_impl` with ntry = 7 either way (weights x² or the imatrix).
+        GgmlType::IQ4_NL => match imatrix {
+            None => quantize_blocks::<BlockIq4Nl>(s, d),
+            Some(w) => quantize_blocks_weighted(s, d, w, BlockIq4Nl::quantize_imatrix),
+        },
+        GgmlType::IQ4_XS => match imatrix {
+            None => quantize_blocks::<BlockIq4Xs>(s, d),
+            Some(w) => quantize_blocks_weighted(s, d, w, BlockIq4Xs::quantize_imatrix),
+        },
         // `supports` was checked above.
         _ => {}
     };
@@ -160,6 +199,12 @@ pub fn dequantize_rows(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), 
         GgmlType::Q4_K => dequantize_blocks::<BlockQ4K>(s, d),
         GgmlType::Q5_K => dequantize_blocks::<BlockQ5K>(s, d),
         GgmlType::Q6_K => dequantize_blocks::<BlockQ6K>(s, d),
+        GgmlType::Q4_0 => dequantize_blocks::<BlockQ4_0>(s, d),
+        GgmlType::Q4_1 => dequantize_blocks::<BlockQ4_1>(s, d),
+        GgmlType::Q5_0 => dequantize_blocks::<BlockQ5_0>(s, d),
+        GgmlType::Q5_1 => dequantize_blocks::<BlockQ5_1>(s, d),
+        GgmlType::IQ4_NL => dequantize_blocks::<BlockIq4Nl>(s, d),
+        GgmlType::IQ4_XS => dequantize_blocks::<BlockIq4Xs>(s, d),
         // `supports` was checked above.
         _ => {}
     };
@@ -251,6 +296,26 @@ fn quantize_blocks_weighted<B: Block>(
         {
             quantize(x, w).write(o);
         }
+    }
+}
+
+/// Quantizes whole rows with per-column importance weights `qw` through `quantize_row`, for
+/// types whose `*_impl` looks at the whole row (the legacy types' σ²); sizes already checked.
+fn quantize_rows_weighted(
+    src: &[f32],
+    dst: &mut [u8],
+    qw: &[f32],
+    quantize_row: fn(&[f32], &[f32], &mut [u8]),
+) {
+    if qw.is_empty() || src.is_empty() {
+        return;
+    }
+    let row_bytes = dst.len() / (src.len() / qw.len());
+    for (row, out) in src
+        .chunks_exact(qw.len())
+        .zip(dst.chunks_exact_mut(row_bytes))
+    {
+        quantize_row(row, qw, out);
     }
 }
 

@@ -1,12 +1,16 @@
-//! Scale-search helpers of `ggml-quants.c` used by the K-quants (REFERENCE §2.5), transcribed
-//! operation for operation so that every f32 rounding happens where it happens in C.
+//! Scalar helpers and scale-search helpers of `ggml-quants.c` shared by every codec (REFERENCE
+//! §2.2, §2.5), transcribed operation for operation so that every f32 rounding happens where it
+//! happens in C: the searches compare floating-point scores, so one differently rounded partial
+//! sum can flip a choice and change the bytes.
 //!
 //! Bit-exactness rules followed throughout (REFERENCE §2.2): every expression is evaluated in f32
 //! in C's left-to-right order (`w*x*l` is `(w·x)·l`, never `w·(x·l)`), sums are running f32 sums
 //! in index order, integers meet floats by an exact `i32 → f32` conversion, and C's implicit
 //! narrowing stores (`uint8_t L[i] = int`) are reproduced with wrapping `as u8` casts.
 //!
-//! Temporary home: `search.rs` (shared with the legacy/IQ4 codecs) gets these once it exists.
+//! Used by the K-quants (`make_q3_quants`, `make_qkx2_quants`, `make_qp_quants`, …), the legacy
+//! `*_impl` quantizers (`make_qx_quants`, `make_qkx3_quants`) and IQ4_NL/IQ4_XS
+//! ([`best_index_int8`], [`KVALUES_IQ4NL`]). No allocation: callers pass the level buffers.
 
 /// Groups whose largest magnitude is below this quantize to zeros (`GROUP_MAX_EPS`).
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
@@ -413,6 +417,52 @@ pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], ls: &mut [u8], qw: &[f32]) ->
     }
 }
 
+/// The 16 non-linear levels of IQ4_NL / IQ4_XS (`kvalues_iq4nl`, sorted ascending).
+pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// `best_index_int8`: index of the nearest entry of the ascending table `val` to `x`; at or
+/// below the first entry → 0, at or above the last → 15, ties go to the upper neighbour.
+/// Distances are f32 differences exactly as in C (NaN lands on the last index, as in C).
+#[inline(always)]
+pub(crate) fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
+    if x <= f32::from(val[0]) {
+        return 0;
+    }
+    if x >= f32::from(val[15]) {
+        return 15;
+    }
+    let (mut ml, mut mu) = (0usize, 15usize);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < f32::from(val[mav]) {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - f32::from(val[mu - 1]) < f32::from(val[mu]) - x {
+        mu - 1
+    } else {
+        mu
+    }
+}
+
+/// C's `(int8_t)(v)` / `(uint8_t)(v)` of a float as gcc compiles it for x86-64, as the low byte:
+/// a 32-bit truncating `cvttss2si` (0x8000_0000 for NaN and out-of-range values) whose low byte
+/// is kept. The legacy `_ref` quantizers only reach it with values in [0, 32); the odd case (1/d
+/// overflowing to inf for subnormal blocks) gives 0, as in llama.cpp on x86-64, where Rust's
+/// saturating `as u8` would give 255.
+#[inline(always)]
+pub(crate) fn c_trunc_u8(v: f32) -> u8 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&v) {
+        (v as i32) as u8
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +476,34 @@ mod tests {
         assert_eq!(nearest_int(-1.5), -2);
         assert_eq!(nearest_int(-2.6), -3);
         assert_eq!(nearest_int(4194303.0), 4194303);
+    }
+
+    #[test]
+    fn best_index_int8_edges_and_ties() {
+        let t = &KVALUES_IQ4NL;
+        assert_eq!(best_index_int8(t, -500.0), 0);
+        assert_eq!(best_index_int8(t, -127.0), 0);
+        assert_eq!(best_index_int8(t, 113.0), 15);
+        assert_eq!(best_index_int8(t, 1e9), 15);
+        assert_eq!(best_index_int8(t, f32::NAN), 15);
+        // 0 is 10 from −10 and 1 from 1.
+        assert_eq!(best_index_int8(t, 0.0), 8);
+        // the exact midpoint of −10 and 1 goes up
+        assert_eq!(best_index_int8(t, -4.5), 8);
+        assert_eq!(best_index_int8(t, -4.6), 7);
+        for (i, &v) in t.iter().enumerate() {
+            assert_eq!(best_index_int8(t, f32::from(v)), i);
+        }
+    }
+
+    #[test]
+    fn c_trunc_u8_matches_x86_conversion() {
+        assert_eq!(c_trunc_u8(8.5), 8);
+        assert_eq!(c_trunc_u8(0.49), 0);
+        assert_eq!(c_trunc_u8(f32::INFINITY), 0);
+        assert_eq!(c_trunc_u8(f32::NEG_INFINITY), 0);
+        assert_eq!(c_trunc_u8(f32::NAN), 0);
+        assert_eq!(c_trunc_u8(300.0), 44);
+        assert_eq!(c_trunc_u8(-1.5), 255);
     }
 }

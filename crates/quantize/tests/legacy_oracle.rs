@@ -7,7 +7,13 @@ mod oracle;
 
 use formats::ggml_type::GgmlType;
 
-const TYPES: &[GgmlType] = &[GgmlType::Q8_0];
+const TYPES: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+];
 
 /// Row lengths: one block, one superblock, a long row (the row-wide σ² of the `_impl`
 /// quantizers), and an odd number of blocks.

@@ -1,0 +1,145 @@
+//! Pieces shared by the legacy 32-element codecs Q4_0, Q4_1, Q5_0 and Q5_1 (REFERENCE §2.3,
+//! §2.6): the importance weights of their `*_impl` quantizers and the nibble / 5th-bit packing.
+//!
+//! Why a file of its own: the four types differ only in level range and offset, and keeping the
+//! common steps here lets each type's file read like its C counterpart.
+
+/// Elements per legacy block (`QK4_0` = `QK4_1` = `QK5_0` = `QK5_1`).
+pub(crate) const QK: usize = 32;
+
+/// σ² of a whole row as the `*_impl` quantizers compute it: a running f32 Σx² in index order,
+/// divided by the row length (converted to f32, as C converts the `int64_t`).
+#[inline]
+pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
+    let mut sum_x2 = 0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    sum_x2 / x.len() as f32
+}
+
+/// The `*_impl` weights of one block: w_j = qw_j·√(σ² + x_j²).
+#[inline]
+pub(crate) fn impl_weights(xb: &[f32], qw: &[f32], sigma2: f32) -> [f32; QK] {
+    let mut w = [0f32; QK];
+    for ((wj, &x), &q) in w.iter_mut().zip(xb).zip(qw) {
+        *wj = q * (sigma2 + x * x).sqrt();
+    }
+    w
+}
+
+/// Runs `block(xb, weights)` for every block of a row with the `*_impl` weights, writing each
+/// result with `write`; the shape every legacy `quantize_row_weighted` shares.
+#[inline]
+pub(crate) fn for_each_weighted_block<B: crate::block::Block>(
+    x: &[f32],
+    qw: &[f32],
+    out: &mut [u8],
+    block: impl Fn(&[f32], &[f32; QK]) -> B,
+) {
+    let sigma2 = row_sigma2(x);
+    for ((xb, wb), ob) in x
+        .chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(out.chunks_exact_mut(B::BYTES))
+    {
+        block(xb, &impl_weights(xb, wb, sigma2)).write(ob);
+    }
+}
+
+/// Packs 32 levels (< 16 in their low nibble) as ggml does: byte j = L[j] | L[j+16] << 4.
+#[inline]
+pub(crate) fn pack_nibbles(levels: &[u8; QK]) -> [u8; QK / 2] {
+    let mut qs = [0u8; QK / 2];
+    for (j, q) in qs.iter_mut().enumerate() {
+        *q = (levels[j] & 0x0F) | (levels[j + 16] << 4);
+    }
+    qs
+}
+
+/// The 5th bits of 32 levels as `qh`: bit j = bit 4 of L[j], bit j+16 = bit 4 of L[j+16].
+#[inline]
+pub(crate) fn pack_high_bits(levels: &[u8; QK]) -> u32 {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        qh |= u32::from((levels[j] & 0x10) >> 4) << j;
+        qh |= u32::from((levels[j + 16] & 0x10) >> 4) << (j + QK / 2);
+    }
+    qh
+}
+
+/// The 32 levels of a block back from `qs` (and `qh` for the 5-bit types; 0 for 4-bit ones).
+#[inline]
+pub(crate) fn unpack(qs: &[u8; QK / 2], qh: u32) -> [u8; QK] {
+    let mut l = [0u8; QK];
+    for j in 0..QK / 2 {
+        let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+        let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+        l[j] = (qs[j] & 0x0F) | xh0;
+        l[j + 16] = (qs[j] >> 4) | xh1;
+    }
+    l
+}
+
+/// Reads `d` (and the rest) little-endian from a block's bytes; a shorter slice (never passed by
+/// `rows.rs`, which checks sizes) reads as zeros instead of panicking.
+#[inline]
+pub(crate) fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    match bytes.get(at..at + 2) {
+        Some(&[a, b]) => u16::from_le_bytes([a, b]),
+        _ => 0,
+    }
+}
+
+/// [`le_u16`] for the 4-byte `qh` field.
+#[inline]
+pub(crate) fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    match bytes.get(at..at + 4) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => 0,
+    }
+}
+
+/// Copies `N` bytes starting at `at` (zeros if `bytes` is too short).
+#[inline]
+pub(crate) fn le_bytes<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(src) = bytes.get(at..at + N) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+/// Writes `src` into `out` at `at` (nothing if `out` is too short).
+#[inline]
+pub(crate) fn put(out: &mut [u8], at: usize, src: &[u8]) {
+    if let Some(dst) = out.get_mut(at..at + src.len()) {
+        dst.copy_from_slice(src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_roundtrips_five_bit_levels() {
+        let mut l = [0u8; QK];
+        for (i, v) in l.iter_mut().enumerate() {
+            *v = (i as u8 * 7 + 3) % 32;
+        }
+        assert_eq!(unpack(&pack_nibbles(&l), pack_high_bits(&l)), l);
+        let four: [u8; QK] = std::array::from_fn(|i| (i % 16) as u8);
+        assert_eq!(unpack(&pack_nibbles(&four), 0), four);
+    }
+
+    #[test]
+    fn short_buffers_read_as_zero_and_are_not_written() {
+        assert_eq!(le_u16(&[1], 0), 0);
+        assert_eq!(le_u32(&[1, 2, 3], 0), 0);
+        assert_eq!(le_bytes::<4>(&[1, 2], 0), [0; 4]);
+        let mut out = [9u8; 2];
+        put(&mut out, 1, &[1, 2]);
+        assert_eq!(out, [9, 9]);
+    }
+}
