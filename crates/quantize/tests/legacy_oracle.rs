@@ -19,41 +19,63 @@ const TYPES: &[GgmlType] = &[
 /// quantizers), and an odd number of blocks.
 const LENGTHS: &[usize] = &[32, 256, 4096, 11 * 32];
 
-/// Quantizes every row kind (as one multi-row call) with us and with the oracle and compares.
-fn check_type(ty: GgmlType) -> Option<usize> {
-    let mut compared = 0;
-    for &n in LENGTHS {
-        let (names, rows): (Vec<String>, Vec<Vec<f32>>) = oracle::test_rows(n).into_iter().unzip();
-        let x = rows.concat();
-        let row_bytes = ty.row_size(n as u64).unwrap() as usize;
-        for (label, imatrix) in oracle::imatrix_variants(n) {
-            let theirs = oracle::oracle_quantize(ty, &x, n, imatrix.as_deref())?;
-            let mut ours = vec![0u8; theirs.len()];
-            quantize::quantize_rows(ty, &x, n, imatrix.as_deref(), &mut ours).unwrap();
-            for (r, name) in names.iter().enumerate() {
-                let span = r * row_bytes..(r + 1) * row_bytes;
-                oracle::assert_same_bytes(
-                    &format!("{ty} n={n} {label} row {name:?}"),
-                    ty,
-                    n,
-                    &ours[span.clone()],
-                    &theirs[span],
-                );
-            }
-            let back_theirs = oracle::oracle_dequantize(ty, &theirs, n)?;
-            let mut back = vec![0f32; x.len()];
-            quantize::dequantize_rows(ty, &ours, &mut back).unwrap();
-            oracle::assert_same_bits(&format!("{ty} n={n} {label} dequant"), &back, &back_theirs);
-            compared += names.len();
-        }
-    }
-    Some(compared)
-}
-
 #[test]
 fn bytes_and_dequantization_match_llama_cpp() {
     for &ty in TYPES {
-        let Some(n) = check_type(ty) else { return };
-        eprintln!("{ty}: {n} rows identical to llama.cpp");
+        let Some(n) = oracle::check_against_oracle(ty, LENGTHS) else {
+            return;
+        };
+        eprintln!("{ty}: {n} rows identical to llama.cpp (bytes and dequantization)");
+    }
+}
+
+#[test]
+fn dequantization_matches_gguf_py() {
+    for &ty in TYPES {
+        for n in [32, 256] {
+            let Some(rows) = oracle::check_dequant_against_gguf_py(ty, n) else {
+                return;
+            };
+            eprintln!("{ty}: n={n}, {rows} rows dequantized identically to gguf-py");
+        }
+    }
+}
+
+/// Large inputs are split across rayon's pool; the bytes must not depend on it (with and
+/// without weights, whose σ² is per row).
+#[test]
+fn parallel_split_gives_the_same_bytes_as_one_call_per_row() {
+    let n = 4096;
+    let rows = 70; // 286720 values: above the single-thread threshold
+    let x: Vec<f32> = (0..rows)
+        .flat_map(|r| oracle::test_rows(n).swap_remove(r % 3).1)
+        .collect();
+    let w = oracle::imatrix_positive(n, 9);
+    for &ty in TYPES.iter().chain(&[GgmlType::IQ4_NL, GgmlType::IQ4_XS]) {
+        for imatrix in [None, Some(&w[..])] {
+            let rb = ty.row_size(n as u64).unwrap() as usize;
+            let mut whole = vec![0u8; rb * rows];
+            quantize::quantize_rows(ty, &x, n, imatrix, &mut whole).unwrap();
+            for (r, (s, d)) in x.chunks(n).zip(whole.chunks(rb)).enumerate() {
+                let mut one = vec![0u8; rb];
+                quantize::quantize_rows(ty, s, n, imatrix, &mut one).unwrap();
+                assert!(one == d, "{ty} row {r} differs when quantized alone");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_sizes_are_errors_not_panics() {
+    let x = vec![0.25f32; 64];
+    for &ty in TYPES {
+        let rb = ty.row_size(64).unwrap() as usize;
+        let mut dst = vec![0u8; rb];
+        assert!(quantize::quantize_rows(ty, &x, 48, None, &mut dst).is_err());
+        assert!(quantize::quantize_rows(ty, &x, 64, None, &mut dst[..rb - 1]).is_err());
+        assert!(quantize::quantize_rows(ty, &x, 64, Some(&[1.0; 63]), &mut dst).is_err());
+        assert!(quantize::quantize_rows(ty, &x[..40], 32, Some(&[1.0; 32]), &mut dst).is_err());
+        assert!(quantize::dequantize_rows(ty, &dst[..rb - 1], &mut [0f32; 64]).is_err());
+        quantize::quantize_rows(ty, &x, 64, Some(&[1.0; 64]), &mut dst).unwrap();
     }
 }

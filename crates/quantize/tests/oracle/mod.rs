@@ -364,3 +364,63 @@ pub fn imatrix_variants(n: usize) -> Vec<(&'static str, Option<Vec<f32>>)> {
         ("imatrix with zeros", Some(imatrix_with_zeros(n, n as u64))),
     ]
 }
+
+/// Quantizes every [`test_rows`] kind of every length in `lengths` (as one multi-row call) with
+/// each [`imatrix_variants`] entry, with us and with the oracle, and requires identical bytes
+/// row by row and bit-identical dequantization. Returns the number of rows compared, or `None`
+/// when the oracle is not built.
+pub fn check_against_oracle(ty: GgmlType, lengths: &[usize]) -> Option<usize> {
+    let mut compared = 0;
+    for &n in lengths {
+        let (names, rows): (Vec<String>, Vec<Vec<f32>>) = test_rows(n).into_iter().unzip();
+        let x = rows.concat();
+        let row_bytes = ty.row_size(n as u64).unwrap() as usize;
+        for (label, imatrix) in imatrix_variants(n) {
+            let theirs = oracle_quantize(ty, &x, n, imatrix.as_deref())?;
+            let mut ours = vec![0u8; theirs.len()];
+            quantize::quantize_rows(ty, &x, n, imatrix.as_deref(), &mut ours).unwrap();
+            for (r, name) in names.iter().enumerate() {
+                let span = r * row_bytes..(r + 1) * row_bytes;
+                assert_same_bytes(
+                    &format!("{ty} n={n} {label} row {name:?}"),
+                    ty,
+                    n,
+                    &ours[span.clone()],
+                    &theirs[span],
+                );
+            }
+            let back_theirs = oracle_dequantize(ty, &theirs, n)?;
+            let mut back = vec![0f32; x.len()];
+            quantize::dequantize_rows(ty, &ours, &mut back).unwrap();
+            assert_same_bits(&format!("{ty} n={n} {label} dequant"), &back, &back_theirs);
+            compared += names.len();
+        }
+    }
+    Some(compared)
+}
+
+/// Our dequantization of our own quantization of every [`test_rows`] kind (length `n`, without
+/// and with an imatrix) against `gguf.quants.dequantize`, bit for bit. Returns the number of rows
+/// compared, or `None` when the venv is missing.
+pub fn check_dequant_against_gguf_py(ty: GgmlType, n: usize) -> Option<usize> {
+    let mut all_q = Vec::new();
+    let mut all_back = Vec::new();
+    let mut rows_n = 0;
+    for (_, imatrix) in imatrix_variants(n) {
+        let x: Vec<f32> = test_rows(n).into_iter().flat_map(|(_, v)| v).collect();
+        let mut q = vec![0u8; ty.row_size(n as u64).unwrap() as usize * (x.len() / n)];
+        quantize::quantize_rows(ty, &x, n, imatrix.as_deref(), &mut q).unwrap();
+        let mut back = vec![0f32; x.len()];
+        quantize::dequantize_rows(ty, &q, &mut back).unwrap();
+        rows_n += x.len() / n;
+        all_q.extend(q);
+        all_back.extend(back);
+    }
+    let theirs = gguf_py_dequantize(ty, &all_q, n)?;
+    assert_same_bits(
+        &format!("{ty} n={n} dequant vs gguf-py"),
+        &all_back,
+        &theirs,
+    );
+    Some(rows_n)
+}
