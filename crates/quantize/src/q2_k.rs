@@ -154,16 +154,15 @@ impl Block for BlockQ2K {
         };
         if max_scale > 0.0 {
             let iscale = Q4SCALE / max_scale;
-            for j in 0..16 {
-                b.scales[j] = nearest_int(iscale * scales[j]) as u8;
+            for (sc, &s) in b.scales.iter_mut().zip(&scales) {
+                *sc = nearest_int(iscale * s) as u8;
             }
             b.d = f32_to_f16_bits(max_scale / Q4SCALE);
         }
         if max_min > 0.0 {
             let iscale = Q4SCALE / max_min;
-            for j in 0..16 {
-                let l = nearest_int(iscale * mins[j]);
-                b.scales[j] |= (l << 4) as u8;
+            for (sc, &m) in b.scales.iter_mut().zip(&mins) {
+                *sc |= (nearest_int(iscale * m) << 4) as u8;
             }
             b.dmin = f32_to_f16_bits(max_min / Q4SCALE);
         }

@@ -48,7 +48,7 @@ impl BlockQ6K {
         let mut scales = [0f32; 16];
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
-        for ib in 0..16 {
+        for (ib, s) in scales.iter_mut().enumerate() {
             let r = 16 * ib..16 * ib + 16;
             let scale = make_qx_quants(
                 32,
@@ -57,7 +57,7 @@ impl BlockQ6K {
                 1,
                 qw.map(|q| &q[r]),
             );
-            scales[ib] = scale;
+            *s = scale;
             let abs_scale = scale.abs();
             if abs_scale > max_abs_scale {
                 max_abs_scale = abs_scale;
