@@ -74,13 +74,13 @@ pub struct Args {
 
 /// Plans, then either prints the plan (`--dry-run`) or executes it.
 pub fn run(args: &Args) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.model_dir).map_err(one_line)?;
+    let ckpt = Checkpoint::open(&args.model_dir)?;
     let opts = PlanOptions {
         outtype: args.outtype.ggml(),
         tokenizer_pre: args.tokenizer_pre.clone(),
         name: None,
     };
-    let plan = ::convert::arch::plan(&ckpt, &opts).map_err(one_line)?;
+    let plan = ::convert::arch::plan(&ckpt, &opts)?;
     if args.dry_run {
         return print_plan(&plan);
     }
@@ -93,16 +93,10 @@ pub fn run(args: &Args) -> Result<()> {
         threads: args.threads,
         ..ExecOptions::default()
     };
-    let summary = pipeline::execute(&ckpt, &plan, out, &exec, &bar).map_err(one_line)?;
+    let summary = pipeline::execute(&ckpt, &plan, out, &exec, &bar)?;
     bar.0.finish_and_clear();
     eprintln!("{}", summary_line(&summary, args.outtype));
     Ok(())
-}
-
-/// The library errors' `Display` already includes their cause (file, tensor, OS error); keeping
-/// the `source` chain too would print it twice in `main`'s one-line `{:#}` rendering.
-fn one_line(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
 }
 
 /// The progress bar: bytes written, bytes/s and ETA, on stderr; hidden when stderr is not a

@@ -1,5 +1,9 @@
 //! The one error type of the convert crate: every variant names the file (or tensor, or key) and
 //! what was wrong, so the CLI can print it as one line.
+//!
+//! Causes are part of each message and deliberately not exposed as `source()` (fields are named
+//! `error`, not `source`): a `{:#}` rendering of the chain would otherwise print them twice. The
+//! formats crate's errors follow the same rule.
 
 use std::path::PathBuf;
 
@@ -13,12 +17,12 @@ pub enum ConvertError {
     #[error(transparent)]
     Gguf(#[from] formats::gguf::GgufError),
     /// A tensor could not be quantized to the requested type.
-    #[error("tensor `{tensor}`: {source}")]
+    #[error("tensor `{tensor}`: {error}")]
     Quantize {
         /// GGUF tensor name.
         tensor: String,
         /// The codec's complaint.
-        source: quantize::QuantizeError,
+        error: quantize::QuantizeError,
     },
     /// config.json and the tensors disagree, or a tensor the architecture needs is missing or
     /// has the wrong shape or dtype.
@@ -38,12 +42,12 @@ pub enum ConvertError {
         detail: String,
     },
     /// An I/O error outside the GGUF writer (e.g. reading tokenizer files).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file involved.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The user interrupted the conversion (Ctrl-C); nothing was left at the output path.
     #[error("interrupted; nothing was written to {}", path.display())]

@@ -250,7 +250,7 @@ pub fn execute(
         if !quantize::supports(t.ggml_type) {
             return Err(ConvertError::Quantize {
                 tensor: t.name.clone(),
-                source: quantize::QuantizeError::Unsupported {
+                error: quantize::QuantizeError::Unsupported {
                     ty: t.ggml_type,
                     direction: "quantize",
                 },
@@ -262,7 +262,7 @@ pub fn execute(
             .and_then(|n| total.checked_add(n))
             .ok_or_else(|| ConvertError::Quantize {
                 tensor: t.name.clone(),
-                source: quantize::QuantizeError::RowLength {
+                error: quantize::QuantizeError::RowLength {
                     ty: t.ggml_type,
                     n_per_row: usize::try_from(t.row_len()).unwrap_or(usize::MAX),
                     block: t.ggml_type.block_size(),
@@ -289,7 +289,7 @@ pub fn execute(
         .build()
         .map_err(|e| ConvertError::Io {
             path: out.to_path_buf(),
-            source: std::io::Error::other(format!("cannot start {threads} threads: {e}")),
+            error: std::io::Error::other(format!("cannot start {threads} threads: {e}")),
         })?;
     let interrupt = opts
         .interrupt
@@ -405,9 +405,9 @@ pub fn execute(
 /// Decodes, transforms and quantizes one chunk into `bufs.bytes`.
 fn run_chunk(t: &PlannedTensor, src: &RowSource<'_>, chunk: Chunk, bufs: &mut Bufs) -> Result<()> {
     let row_len = usize::try_from(t.row_len()).unwrap_or(usize::MAX);
-    let quant = |source| ConvertError::Quantize {
+    let quant = |error| ConvertError::Quantize {
         tensor: t.name.clone(),
-        source,
+        error,
     };
     let n = chunk
         .rows
@@ -478,11 +478,11 @@ fn check_output_dir(out: &Path) -> Result<()> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(ConvertError::Io {
             path: out.to_path_buf(),
-            source: std::io::Error::other(format!("{} is not a directory", dir.display())),
+            error: std::io::Error::other(format!("{} is not a directory", dir.display())),
         }),
         Err(e) => Err(ConvertError::Io {
             path: out.to_path_buf(),
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 e.kind(),
                 format!("output directory {} does not exist", dir.display()),
             ),

@@ -149,11 +149,11 @@ fn plans_that_disagree_with_the_checkpoint_fail_before_writing() {
             ggml_type: GgmlType::Q8_0,
             source: Source::Values(vec![1.0; 7]),
         },
-        // A type without a codec yet.
+        // A type without a codec (Q8_1 is an activation format; model files never hold it).
         PlannedTensor {
             name: "f.weight".into(),
             dims: vec![256],
-            ggml_type: GgmlType::Q4_K,
+            ggml_type: GgmlType::Q8_1,
             source: Source::Values(vec![1.0; 256]),
         },
     ];

@@ -96,9 +96,9 @@ pub fn err(path: &Path, detail: impl Into<String>) -> ConvertError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| ConvertError::Io {
+    std::fs::read(path).map_err(|error| ConvertError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

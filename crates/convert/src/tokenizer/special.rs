@@ -559,9 +559,9 @@ fn alt_chat_template(files: &Files) -> Result<Option<ChatTemplate>> {
         return Ok(None);
     };
     let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| crate::ConvertError::Io {
+        std::fs::read_to_string(p).map_err(|error| crate::ConvertError::Io {
             path: p.to_path_buf(),
-            source,
+            error,
         })
     };
     let jinja = dir.join("chat_template.jinja");
