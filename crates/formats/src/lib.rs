@@ -9,3 +9,4 @@
 pub mod checkpoint;
 pub mod ggml_type;
 pub mod gguf;
+pub mod imatrix;
