@@ -204,8 +204,36 @@ fn make_qkx_quants(
     nstep: i32,
     use_mad: bool,
 ) -> (f32, f32) {
-    let n = x.len();
-    let (ls, laux, weights) = (&mut ls[..n], &mut laux[..n], &weights[..n]);
+    // The group sizes ggml uses get their own monomorphised copy (loops of known length unroll
+    // and the level computation vectorises); other lengths take the generic copy.
+    match x.len() {
+        16 => make_qkx_quants_n::<16>(nmax, x, weights, ls, laux, rmin, rdelta, nstep, use_mad),
+        32 => make_qkx_quants_n::<32>(nmax, x, weights, ls, laux, rmin, rdelta, nstep, use_mad),
+        _ => make_qkx_quants_n::<0>(nmax, x, weights, ls, laux, rmin, rdelta, nstep, use_mad),
+    }
+}
+
+/// [`make_qkx_quants`] for groups of `N` values (`N = 0`: any length). The levels of a candidate
+/// scale are computed in one loop and its sums in a second, each sum still a running f32 sum in
+/// index order, so the result is bit-identical to C's single loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn make_qkx_quants_n<const N: usize>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    ls: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = if N == 0 { x.len() } else { N };
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let (x, ls, laux, weights) = (&x[..n], &mut ls[..n], &mut laux[..n], &weights[..n]);
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];
@@ -248,10 +276,11 @@ fn make_qkx_quants(
         let mut sum_l2 = 0f32;
         let mut sum_xl = 0f32;
         for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = l as u8;
+            laux[i] = nearest_int(iscale * (x[i] - min)).min(nmax).max(0) as u8;
+        }
+        for i in 0..n {
             let w = weights[i];
-            let lf = l as f32;
+            let lf = f32::from(laux[i]);
             sum_l += w * lf;
             sum_l2 += w * lf * lf;
             sum_xl += w * lf * x[i];
