@@ -1,5 +1,8 @@
 //! The reference forward pass per architecture, tokenization, perplexity, KL divergence and
 //! calibration statistics (imatrix).
 //!
-//! Not for: writing models. The engine arrives with the verify issue; until then this crate is only
-//! its place in the workspace.
+//! Not for: writing models. Evaluation is layer-major (DESIGN.md): every token of every chunk
+//! passes through layer L before layer L+1, so each layer's weights are dequantized once per run
+//! and matmuls are large GEMMs.
+
+pub mod tensor;
