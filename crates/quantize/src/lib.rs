@@ -17,6 +17,7 @@ mod iq4_nl;
 mod iq4_xs;
 mod k_scales;
 mod legacy;
+pub mod mix;
 mod q2_k;
 mod q3_k;
 mod q4_0;
