@@ -49,6 +49,28 @@ pub enum ConvertError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// A weight to be quantized is NaN or infinite (llama.cpp's `ggml_validate_row_data`
+    /// refuses such input too).
+    #[error("tensor `{tensor}` has invalid data: {value} at element {index} (row {row})")]
+    NonFinite {
+        /// GGUF tensor name.
+        tensor: String,
+        /// Index of the first bad element in the whole tensor (row-major, ggml order).
+        index: u64,
+        /// Its row.
+        row: u64,
+        /// The value (NaN or ±inf).
+        value: f32,
+    },
+    /// The importance matrix cannot be used: unreadable, non-finite, or an entry whose size
+    /// does not match its tensor.
+    #[error("imatrix {}: {detail}", path.display())]
+    Imatrix {
+        /// The imatrix file.
+        path: PathBuf,
+        /// What was wrong, naming the entry.
+        detail: String,
+    },
     /// The user interrupted the conversion (Ctrl-C); nothing was left at the output path.
     #[error("interrupted; nothing was written to {}", path.display())]
     Interrupted {

@@ -35,6 +35,7 @@
 
 mod release;
 mod source;
+pub(crate) mod weighted;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,11 +44,12 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use formats::checkpoint::Checkpoint;
-use formats::gguf::{GgufWriter, TensorDecl};
+use formats::gguf::{GgufValue, GgufWriter, TensorDecl};
 
 use crate::error::{ConvertError, Result};
 use crate::plan::{Plan, PlannedTensor, Source};
 use source::RowSource;
+pub use weighted::{Extras, ImatrixWeights};
 
 /// Default f32 bytes per chunk (whole rows; a longer row is a chunk of its own).
 pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
@@ -158,7 +160,7 @@ pub struct ConvertOptions {
 
 /// One chunk of rows of one tensor.
 #[derive(Debug, Clone, Copy)]
-struct Chunk {
+pub(crate) struct Chunk {
     tensor: usize,
     start: usize,
     rows: usize,
@@ -168,9 +170,37 @@ struct Chunk {
 
 /// A chunk's reusable buffers (one set per window slot).
 #[derive(Default)]
-struct Bufs {
-    f32s: Vec<f32>,
-    bytes: Vec<u8>,
+pub(crate) struct Bufs {
+    /// f32 rows (decoded input).
+    pub(crate) f32s: Vec<f32>,
+    /// The chunk's output bytes, exactly `rows · row_size` long once produced.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// Produces the output bytes of one tensor, any range of whole rows at a time, from worker
+/// threads.
+///
+/// Exists so one executor (chunking, window, ordered atomic writing) serves every input: HF
+/// checkpoints (`convert`) and GGUF files (`requantize`).
+pub(crate) trait TensorRows: Send + Sync {
+    /// Rows that belong together (a chunk should not split them).
+    fn granule(&self) -> usize {
+        1
+    }
+    /// Fills `bufs.bytes` with the output bytes of rows `start..start + rows`.
+    fn produce(&self, start: usize, rows: usize, bufs: &mut Bufs) -> Result<()>;
+    /// Called after a chunk's rows were produced (drop their input pages).
+    fn release(&self, start: usize, rows: usize) {
+        let _ = (start, rows);
+    }
+}
+
+/// Opens the [`TensorRows`] of each output tensor, in file order.
+pub(crate) trait RowsFactory: Sync {
+    /// The producer of output tensor `index`.
+    fn open<'s>(&'s self, index: usize) -> Result<Box<dyn TensorRows + 's>>;
+    /// Called every `window` written chunks (drop mapped input pages from the resident set).
+    fn sweep(&self) {}
 }
 
 /// A finished chunk, sent from a worker to the writing thread.
@@ -183,7 +213,7 @@ struct Done {
 
 /// Walks the plan's tensors, cutting each into chunks.
 struct Cursor<'p> {
-    tensors: &'p [PlannedTensor],
+    tensors: &'p [TensorDecl],
     chunk_bytes: usize,
     tensor: usize,
     row: usize,
@@ -200,9 +230,9 @@ impl Cursor<'_> {
     /// The next chunk; `granule` = rows the tensor's source wants kept together.
     fn next(&mut self, granule: usize) -> Option<Chunk> {
         let t = self.tensors.get(self.tensor)?;
-        let n_rows = usize::try_from(t.n_rows()).unwrap_or(usize::MAX);
+        let n_rows = usize::try_from(t.dims.iter().skip(1).product::<u64>()).unwrap_or(usize::MAX);
         if self.row == 0 {
-            let row_f32 = usize::try_from(t.row_len())
+            let row_f32 = usize::try_from(t.dims.first().copied().unwrap_or(1))
                 .unwrap_or(usize::MAX)
                 .saturating_mul(4)
                 .max(1);
@@ -242,9 +272,22 @@ pub fn execute(
     opts: &ExecOptions,
     progress: &dyn Progress,
 ) -> Result<Summary> {
+    execute_with(ckpt, plan, out, opts, &Extras::default(), progress)
+}
+
+/// [`execute`] with importance weights and the FP8 rounding choice of the direct quantizing path
+/// (`convert --outtype Q4_K_M --imatrix F`): each tensor quantized to a block type uses its
+/// imatrix slice (per expert for 3-D tensors) exactly as llama-quantize would on the f32 GGUF.
+pub fn execute_with(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    out: &Path,
+    opts: &ExecOptions,
+    extras: &Extras<'_>,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     let began = Instant::now();
     let mut decls = Vec::with_capacity(plan.tensors.len());
-    let mut total = 0u64;
     let mut params = 0u64;
     for t in &plan.tensors {
         if !quantize::supports(t.ggml_type) {
@@ -256,26 +299,79 @@ pub fn execute(
                 },
             });
         }
-        let decl = TensorDecl::new(t.name.clone(), t.dims.clone(), t.ggml_type);
-        total = decl
-            .nbytes()
-            .and_then(|n| total.checked_add(n))
-            .ok_or_else(|| ConvertError::Quantize {
-                tensor: t.name.clone(),
-                error: quantize::QuantizeError::RowLength {
-                    ty: t.ggml_type,
-                    n_per_row: usize::try_from(t.row_len()).unwrap_or(usize::MAX),
-                    block: t.ggml_type.block_size(),
-                },
-            })?;
         params = params.saturating_add(t.dims.iter().product::<u64>());
-        decls.push(decl);
+        decls.push(TensorDecl::new(t.name.clone(), t.dims.clone(), t.ggml_type));
     }
+    check_sizes(&decls)?;
+    // The imatrix slice of each tensor that is quantized from f32 (size errors before any output).
+    let weights = plan
+        .tensors
+        .iter()
+        .map(|t| match extras.imatrix {
+            Some(w) if t.ggml_type != formats::ggml_type::GgmlType::F32 => {
+                w.for_tensor(&t.name, &t.dims)
+            }
+            _ => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Open every source once up front (headers and scales only): a plan that disagrees with the
     // checkpoint fails here, before an output file exists.
     for t in &plan.tensors {
         RowSource::open(ckpt, t)?;
     }
+    let factory = CheckpointRows {
+        ckpt,
+        plan,
+        weights,
+        round_bf16: extras.fp8_via_bf16,
+        sweeper: release::Sweeper::new(ckpt),
+    };
+    let total = stream(decls, &plan.metadata, out, opts, progress, &factory)?;
+    let file_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    Ok(Summary {
+        path: out.to_path_buf(),
+        tensors: plan.tensors.len(),
+        params,
+        tensor_bytes: total,
+        file_bytes,
+        source_bytes: source_bytes(ckpt, plan),
+        elapsed: began.elapsed(),
+    })
+}
+
+/// Total data bytes of `decls`, or an error naming the first tensor whose row length its type
+/// does not allow.
+pub(crate) fn check_sizes(decls: &[TensorDecl]) -> Result<u64> {
+    let mut total = 0u64;
+    for d in decls {
+        total = d
+            .nbytes()
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| ConvertError::Quantize {
+                tensor: d.name.clone(),
+                error: quantize::QuantizeError::RowLength {
+                    ty: d.ggml_type,
+                    n_per_row: usize::try_from(d.dims.first().copied().unwrap_or(1))
+                        .unwrap_or(usize::MAX),
+                    block: d.ggml_type.block_size(),
+                },
+            })?;
+    }
+    Ok(total)
+}
+
+/// The executor shared by every input: cuts `decls` into row chunks, has `factory`'s producers
+/// fill them on a pool of threads with at most `W` in flight, and writes them in order to a
+/// [`GgufWriter`] at `out` (atomically). Returns the tensor bytes written.
+pub(crate) fn stream(
+    decls: Vec<TensorDecl>,
+    metadata: &[(String, GgufValue)],
+    out: &Path,
+    opts: &ExecOptions,
+    progress: &dyn Progress,
+    factory: &dyn RowsFactory,
+) -> Result<u64> {
+    let total = check_sizes(&decls)?;
     check_output_dir(out)?;
 
     let threads = opts
@@ -296,8 +392,8 @@ pub fn execute(
         .clone()
         .unwrap_or_else(|| Arc::clone(global_interrupt()));
 
-    let sweeper = release::Sweeper::new(ckpt);
-    let mut writer = GgufWriter::create(out, &plan.metadata, decls)?;
+    let names: Vec<String> = decls.iter().map(|d| d.name.clone()).collect();
+    let mut writer = GgufWriter::create(out, metadata, decls.clone())?;
     progress.begin(total);
 
     let chunk_bytes = if opts.chunk_bytes == 0 {
@@ -306,7 +402,7 @@ pub fn execute(
         opts.chunk_bytes
     };
     let mut cursor = Cursor {
-        tensors: &plan.tensors,
+        tensors: &decls,
         chunk_bytes,
         tensor: 0,
         row: 0,
@@ -317,7 +413,7 @@ pub fn execute(
     let (tx, rx) = mpsc::channel::<Done>();
     pool.in_place_scope(|scope| {
         let mut free: Vec<Bufs> = (0..window).map(|_| Bufs::default()).collect();
-        let mut current: Option<(usize, Arc<RowSource<'_>>)> = None;
+        let mut current: Option<(usize, Arc<Box<dyn TensorRows + '_>>)> = None;
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
         let (mut issued, mut written) = (0u64, 0u64);
         loop {
@@ -327,11 +423,8 @@ pub fn execute(
                 let Some(ti) = cursor.peek_tensor() else {
                     break;
                 };
-                let Some(t) = plan.tensors.get(ti) else {
-                    break;
-                };
                 if current.as_ref().map(|c| c.0) != Some(ti) {
-                    match RowSource::open(ckpt, t) {
+                    match factory.open(ti) {
                         Ok(s) => current = Some((ti, Arc::new(s))),
                         Err(e) => {
                             failure = Some(e);
@@ -350,7 +443,7 @@ pub fn execute(
                 let seq = issued;
                 issued += 1;
                 scope.spawn(move |_| {
-                    let result = run_chunk(t, &src, chunk, &mut bufs);
+                    let result = src.produce(chunk.start, chunk.rows, &mut bufs);
                     src.release(chunk.start, chunk.rows);
                     let _ = tx.send(Done {
                         seq,
@@ -368,10 +461,10 @@ pub fn execute(
             while let Some(done) = pending.remove(&written) {
                 written += 1;
                 if written % window as u64 == 0 {
-                    sweeper.sweep();
+                    factory.sweep();
                 }
                 if failure.is_none() && !interrupted {
-                    if let Err(e) = write_chunk(&mut writer, plan, &done, progress) {
+                    if let Err(e) = write_chunk(&mut writer, &names, &done, progress) {
                         failure = Some(e);
                     }
                 }
@@ -390,27 +483,74 @@ pub fn execute(
     }
     writer.finish()?;
     progress.finish();
-    let file_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(Summary {
-        path: out.to_path_buf(),
-        tensors: plan.tensors.len(),
-        params,
-        tensor_bytes: total,
-        file_bytes,
-        source_bytes: source_bytes(ckpt, plan),
-        elapsed: began.elapsed(),
-    })
+    Ok(total)
+}
+
+/// The checkpoint side of [`execute_with`]: each tensor's rows decoded from the mmap (FP8 with
+/// its scales), transformed per [`Source`], optionally rounded through bf16, then quantized with
+/// the tensor's imatrix slice.
+struct CheckpointRows<'a> {
+    ckpt: &'a Checkpoint,
+    plan: &'a Plan,
+    weights: Vec<Option<Arc<[f32]>>>,
+    round_bf16: bool,
+    sweeper: release::Sweeper,
+}
+
+/// One planned tensor's [`RowSource`] with what its quantization needs.
+struct CheckpointTensor<'a> {
+    t: &'a PlannedTensor,
+    src: RowSource<'a>,
+    weights: Option<Arc<[f32]>>,
+    round_bf16: bool,
+}
+
+impl RowsFactory for CheckpointRows<'_> {
+    fn open<'s>(&'s self, index: usize) -> Result<Box<dyn TensorRows + 's>> {
+        let t = self
+            .plan
+            .tensors
+            .get(index)
+            .ok_or_else(|| ConvertError::Mapping {
+                path: self.ckpt.path().to_path_buf(),
+                detail: format!("no planned tensor {index}"),
+            })?;
+        Ok(Box::new(CheckpointTensor {
+            t,
+            src: RowSource::open(self.ckpt, t)?,
+            weights: self.weights.get(index).cloned().flatten(),
+            round_bf16: self.round_bf16,
+        }))
+    }
+
+    fn sweep(&self) {
+        self.sweeper.sweep();
+    }
+}
+
+impl TensorRows for CheckpointTensor<'_> {
+    fn granule(&self) -> usize {
+        self.src.granule()
+    }
+
+    fn produce(&self, start: usize, rows: usize, bufs: &mut Bufs) -> Result<()> {
+        run_chunk(self, start, rows, bufs)
+    }
+
+    fn release(&self, start: usize, rows: usize) {
+        self.src.release(start, rows);
+    }
 }
 
 /// Decodes, transforms and quantizes one chunk into `bufs.bytes`.
-fn run_chunk(t: &PlannedTensor, src: &RowSource<'_>, chunk: Chunk, bufs: &mut Bufs) -> Result<()> {
+fn run_chunk(ct: &CheckpointTensor<'_>, start: usize, rows: usize, bufs: &mut Bufs) -> Result<()> {
+    let t = ct.t;
     let row_len = usize::try_from(t.row_len()).unwrap_or(usize::MAX);
     let quant = |error| ConvertError::Quantize {
         tensor: t.name.clone(),
         error,
     };
-    let n = chunk
-        .rows
+    let n = rows
         .checked_mul(row_len)
         .ok_or_else(|| quant(quantize::QuantizeError::Size("chunk too large".into())))?;
     let row_bytes = t
@@ -425,23 +565,38 @@ fn run_chunk(t: &PlannedTensor, src: &RowSource<'_>, chunk: Chunk, bufs: &mut Bu
             })
         })?;
     bufs.f32s.resize(n, 0.0);
-    bufs.bytes.resize(chunk.rows * row_bytes, 0);
-    src.fill(chunk.start, row_len, &mut bufs.f32s)?;
-    quantize::quantize_rows(t.ggml_type, &bufs.f32s, row_len, None, &mut bufs.bytes).map_err(quant)
+    bufs.bytes.resize(rows * row_bytes, 0);
+    ct.src.fill(start, row_len, &mut bufs.f32s)?;
+    if t.ggml_type != formats::ggml_type::GgmlType::F32 {
+        if ct.round_bf16 {
+            formats::checkpoint::round_to_bf16(&mut bufs.f32s);
+        }
+        if t.ggml_type.is_quantized() {
+            weighted::check_finite(&t.name, &bufs.f32s, start, row_len)?;
+        }
+    }
+    let per_slice = usize::try_from(t.dims.get(1).copied().unwrap_or(1)).unwrap_or(usize::MAX);
+    weighted::quantize_chunk(
+        &t.name,
+        t.ggml_type,
+        &bufs.f32s,
+        row_len,
+        start,
+        per_slice,
+        ct.weights.as_deref(),
+        &mut bufs.bytes,
+    )
 }
 
 /// Writes a finished chunk (opening and closing its tensor as needed).
 fn write_chunk(
     writer: &mut GgufWriter,
-    plan: &Plan,
+    names: &[String],
     done: &Done,
     progress: &dyn Progress,
 ) -> Result<()> {
     done.result.as_ref().map_err(clone_err)?;
-    let name = plan
-        .tensors
-        .get(done.chunk.tensor)
-        .map_or("", |t| t.name.as_str());
+    let name = names.get(done.chunk.tensor).map_or("", String::as_str);
     if done.chunk.first {
         writer.begin_tensor()?;
     }
