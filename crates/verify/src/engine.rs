@@ -1,0 +1,378 @@
+//! Layer-major evaluation (DESIGN.md): every token of every sequence goes through layer L before
+//! layer L+1, so each layer's weights are dequantized once per run (per memory group), matmuls
+//! are GEMMs over all tokens, and at most one layer's f32 weights are resident.
+//!
+//! Peak memory of [`Engine::evaluate`] for one group of T tokens (longest sequence L):
+//!
+//! ```text
+//! peak ≈ W + 4·T·k + 4·threads·ATTN_Q_BLOCK·L + LOGIT_BATCH_BYTES
+//! ```
+//!
+//! * W = the largest f32 weight set resident at once: max over layers of the layer's tensors
+//!   (n_elements × 4), and of the output matrix (`output` or tied `token_embd`, n_vocab·n_embd·4);
+//! * k = [`crate::arch::ArchSpec::floats_per_token`], the activation floats each token holds at
+//!   the block's peak. Dense llama/qwen2: k = 3·n_embd + max(n_q + 2·n_kv + 2·n_q_v, 2·n_ff)
+//!   (residual, normed input and a projection output of n_embd each, plus the attention phase's
+//!   q, k, v, per-head outputs and merged output, or the FFN's gate and up);
+//! * the attention working set: one `ATTN_Q_BLOCK × L` f32 score block per thread;
+//! * the logits batch: at most [`LOGIT_BATCH_BYTES`] of f32 logits.
+//!
+//! `EvalOptions::max_memory` splits the sequences into consecutive groups whose peak fits; each
+//! group re-reads every layer (the price of the bound).
+
+use std::ops::Range;
+
+use crate::arch::{self, ArchSpec};
+use crate::config::ModelConfig;
+use crate::error::{Result, VerifyError};
+use crate::ops::{self, attention::ATTN_Q_BLOCK};
+use crate::source::WeightSource;
+use crate::tensor::{Mat, SeqSpan};
+
+/// At most this many bytes of logits are materialised at once (rows × n_vocab × 4).
+pub const LOGIT_BATCH_BYTES: usize = 256 << 20;
+
+/// One transformer block of some architecture, loaded for one layer.
+///
+/// Exists so the engine's layer loop is architecture-independent: llama/qwen2 implement it in
+/// `arch/dense.rs`, deepseek2 in `arch/deepseek2/`.
+pub trait Block: Send + Sync {
+    /// Loads (dequantizes to f32) and validates layer `layer`'s weights. Every tensor's dims are
+    /// checked against `config`, with an error naming the tensor.
+    fn load(source: &dyn WeightSource, config: &ModelConfig, layer: usize) -> Result<Self>
+    where
+        Self: Sized;
+
+    /// Activation floats per token at this block's peak (the `k` of the module's memory
+    /// formula), used to size groups under `max_memory`.
+    fn floats_per_token(config: &ModelConfig) -> usize
+    where
+        Self: Sized;
+
+    /// Applies the block to all tokens: `x` is `[T, n_embd]` (the residual stream, updated in
+    /// place), `seqs` says which rows form each sequence (positions restart at 0 in each).
+    fn forward(&self, x: &mut Mat, seqs: &[SeqSpan], ctx: &mut LayerCtx<'_>) -> Result<()>;
+}
+
+/// Sees every matmul's input, for calibration (imatrix: Σx² per input column of each weight).
+///
+/// Methods take `&self` and the trait is `Sync` because blocks may run expert matmuls in
+/// parallel; implementations accumulate behind a `Mutex` (or per-thread sums).
+pub trait LayerObserver: Sync {
+    /// Called before `input · weightᵀ` with the GGUF weight name (`blk.3.attn_q.weight`,
+    /// `output.weight` with `layer == n_layer`) and the input activations, one row per token.
+    fn on_matmul(&self, layer: usize, weight: &str, input: &Mat);
+
+    /// Called before an MoE expert matmul: `weight` is the 3-D expert tensor's name
+    /// (`blk.3.ffn_up_exps.weight`), `expert` the expert index, `input` only the rows routed to
+    /// that expert. The default does nothing.
+    fn on_expert_matmul(&self, layer: usize, weight: &str, expert: usize, input: &Mat) {
+        let _ = (layer, weight, expert, input);
+    }
+}
+
+/// What a block may use during `forward` besides its weights: the configuration, the layer
+/// index and the matmul entry points that report to the observer.
+pub struct LayerCtx<'a> {
+    /// The layer being evaluated (0-based; `n_layer` for the output projection).
+    pub layer: usize,
+    /// The model's hyper-parameters.
+    pub config: &'a ModelConfig,
+    observer: Option<&'a dyn LayerObserver>,
+}
+
+impl<'a> LayerCtx<'a> {
+    /// A context for `layer`, reporting to `observer`.
+    pub fn new(
+        layer: usize,
+        config: &'a ModelConfig,
+        observer: Option<&'a dyn LayerObserver>,
+    ) -> LayerCtx<'a> {
+        LayerCtx {
+            layer,
+            config,
+            observer,
+        }
+    }
+
+    /// `x · wᵀ` ([`ops::matmul`]), first showing `x` to the observer under `weight_name`.
+    pub fn matmul(&self, weight_name: &str, x: &Mat, w: &Mat) -> Mat {
+        self.observe(weight_name, x);
+        ops::matmul(x, w)
+    }
+
+    /// `x · wᵀ` for expert `expert` of an MoE tensor, `x` holding only the rows routed to it.
+    pub fn expert_matmul(&self, weight_name: &str, expert: usize, x: &Mat, w: &Mat) -> Mat {
+        if let Some(o) = self.observer {
+            o.on_expert_matmul(self.layer, weight_name, expert, x);
+        }
+        ops::matmul(x, w)
+    }
+
+    /// Reports `x` as the input of `weight_name` without multiplying (for blocks that compute a
+    /// product another way, e.g. MLA's absorbed per-head matmuls).
+    pub fn observe(&self, weight_name: &str, x: &Mat) {
+        if let Some(o) = self.observer {
+            o.on_matmul(self.layer, weight_name, x);
+        }
+    }
+}
+
+/// Which positions of each sequence get logits.
+pub enum LogitPositions<'a> {
+    /// Every position.
+    All,
+    /// The same position range in every sequence (clamped to its length). llama-perplexity with
+    /// chunk n: `n/2 .. n−1` (logits at p score token p+1).
+    Range(Range<usize>),
+    /// `f(seq_idx, pos)` decides.
+    Predicate(&'a (dyn Fn(usize, usize) -> bool + Sync)),
+}
+
+impl LogitPositions<'_> {
+    fn wants(&self, seq: usize, pos: usize) -> bool {
+        match self {
+            LogitPositions::All => true,
+            LogitPositions::Range(r) => r.contains(&pos),
+            LogitPositions::Predicate(f) => f(seq, pos),
+        }
+    }
+}
+
+/// Where an evaluation stands, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Memory group being evaluated (0-based).
+    pub group: usize,
+    /// Number of groups.
+    pub n_groups: usize,
+    /// Layer about to run (`n_layer` = output norm and logits).
+    pub layer: usize,
+    /// Number of layers.
+    pub n_layer: usize,
+}
+
+/// How to run [`Engine::evaluate`].
+pub struct EvalOptions<'a> {
+    /// Positions that get logits.
+    pub logit_positions: LogitPositions<'a>,
+    /// Peak-memory bound in bytes (module docs); `None` = all sequences in one group.
+    pub max_memory: Option<u64>,
+    /// Calibration hook.
+    pub observer: Option<&'a dyn LayerObserver>,
+    /// Called before each layer of each group.
+    pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
+}
+
+impl Default for EvalOptions<'_> {
+    fn default() -> Self {
+        EvalOptions {
+            logit_positions: LogitPositions::All,
+            max_memory: None,
+            observer: None,
+            progress: None,
+        }
+    }
+}
+
+/// The forward pass of one model over a [`WeightSource`].
+pub struct Engine<'a> {
+    source: &'a dyn WeightSource,
+    config: ModelConfig,
+    spec: ArchSpec,
+}
+
+impl<'a> Engine<'a> {
+    /// Reads the configuration and picks the architecture's block. Fails for architectures
+    /// without a forward pass.
+    pub fn new(source: &'a dyn WeightSource) -> Result<Engine<'a>> {
+        let config = ModelConfig::from_metadata(source)?;
+        let spec = arch::spec(&config, source)?;
+        Ok(Engine {
+            source,
+            config,
+            spec,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The weight source.
+    pub fn source(&self) -> &dyn WeightSource {
+        self.source
+    }
+
+    /// Evaluates every sequence (each an independent context starting at position 0) and calls
+    /// `on_logits(seq_idx, pos, logits)` for each requested position, sequence by sequence in
+    /// position order within each group. Logits are f32, `n_vocab` long, never all held at once.
+    pub fn evaluate(
+        &self,
+        seqs: &[Vec<u32>],
+        opts: &EvalOptions<'_>,
+        on_logits: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let n_vocab = self.config.n_vocab;
+        for (si, s) in seqs.iter().enumerate() {
+            if let Some((pos, &token)) = s.iter().enumerate().find(|(_, &t)| t as usize >= n_vocab)
+            {
+                return Err(VerifyError::BadToken {
+                    token,
+                    seq: si,
+                    pos,
+                    n_vocab,
+                });
+            }
+        }
+        let groups = self.plan_groups(seqs, opts.max_memory)?;
+        let n_groups = groups.len();
+        for (gi, group) in groups.into_iter().enumerate() {
+            self.evaluate_group(seqs, group, gi, n_groups, opts, on_logits)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of f32 weights resident while evaluating layer `layer` (all `blk.{layer}.` tensors).
+    pub fn layer_weight_bytes(&self, layer: usize) -> u64 {
+        let prefix = format!("blk.{layer}.");
+        self.source
+            .tensor_names()
+            .iter()
+            .filter(|n| n.starts_with(&prefix))
+            .filter_map(|n| self.source.tensor_dims(n))
+            .map(|d| d.iter().product::<u64>() * 4)
+            .sum()
+    }
+
+    /// The `W + attention working set + logits batch` part of the memory formula, and the
+    /// per-token bytes `4·k`.
+    pub fn memory_model(&self, max_seq_len: usize) -> (u64, u64) {
+        let c = &self.config;
+        let out_w = (c.n_vocab * c.n_embd * 4) as u64;
+        let w = (0..c.n_layer)
+            .map(|l| self.layer_weight_bytes(l))
+            .max()
+            .unwrap_or(0)
+            .max(out_w);
+        let attn = (4 * rayon::current_num_threads() * ATTN_Q_BLOCK * max_seq_len) as u64;
+        let logits = LOGIT_BATCH_BYTES.min(c.n_vocab * 4 * max_seq_len.max(1)) as u64;
+        let per_token = 4 * (self.spec.floats_per_token)(c) as u64;
+        (w + attn + logits, per_token)
+    }
+
+    /// Consecutive groups of sequence indices whose peak memory fits `max_memory`.
+    fn plan_groups(&self, seqs: &[Vec<u32>], max_memory: Option<u64>) -> Result<Vec<Range<usize>>> {
+        let Some(limit) = max_memory else {
+            return Ok(vec![0..seqs.len()]);
+        };
+        let max_len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let (fixed, per_token) = self.memory_model(max_len);
+        let need_one = fixed + per_token * max_len as u64;
+        if need_one > limit {
+            return Err(VerifyError::MemoryLimit {
+                limit,
+                need: need_one,
+                tokens: max_len,
+            });
+        }
+        let budget = (limit - fixed) / per_token.max(1);
+        let mut groups = Vec::new();
+        let (mut start, mut tokens) = (0, 0u64);
+        for (i, s) in seqs.iter().enumerate() {
+            let n = s.len() as u64;
+            if tokens + n > budget && i > start {
+                groups.push(start..i);
+                start = i;
+                tokens = 0;
+            }
+            tokens += n;
+        }
+        groups.push(start..seqs.len());
+        Ok(groups)
+    }
+
+    fn evaluate_group(
+        &self,
+        seqs: &[Vec<u32>],
+        group: Range<usize>,
+        gi: usize,
+        n_groups: usize,
+        opts: &EvalOptions<'_>,
+        on_logits: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let c = &self.config;
+        let mut spans = Vec::with_capacity(group.len());
+        let mut tokens: Vec<u32> = Vec::new();
+        for s in &seqs[group.clone()] {
+            spans.push(SeqSpan {
+                start: tokens.len(),
+                len: s.len(),
+            });
+            tokens.extend_from_slice(s);
+        }
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let progress = |layer| {
+            if let Some(p) = opts.progress {
+                p(&Progress {
+                    group: gi,
+                    n_groups,
+                    layer,
+                    n_layer: c.n_layer,
+                });
+            }
+        };
+
+        // Embeddings: only the rows of the tokens present.
+        let embd_dims = vec![c.n_embd as u64, c.n_vocab as u64];
+        arch::check_dims(self.source, "token_embd.weight", &embd_dims)?;
+        let embd = self.source.load_rows_f32("token_embd.weight", &tokens)?;
+        let mut x = Mat::from_vec(tokens.len(), c.n_embd, embd);
+
+        for layer in 0..c.n_layer {
+            progress(layer);
+            let block = (self.spec.load)(self.source, c, layer)?;
+            let mut ctx = LayerCtx::new(layer, c, opts.observer);
+            block.forward(&mut x, &spans, &mut ctx)?;
+        }
+        progress(c.n_layer);
+
+        // Logits for the requested positions only, in bounded batches.
+        let mut wanted: Vec<(usize, usize, usize)> = Vec::new(); // (row, seq, pos)
+        for (k, span) in spans.iter().enumerate() {
+            let si = group.start + k;
+            for pos in 0..span.len {
+                if opts.logit_positions.wants(si, pos) {
+                    wanted.push((span.start + pos, si, pos));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let norm = arch::load_vector(self.source, "output_norm.weight", c.n_embd)?;
+        let out_name = if self.source.tensor_dims("output.weight").is_some() {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        let w_out = arch::load_matrix(self.source, out_name, c.n_vocab, c.n_embd)?;
+        let ctx = LayerCtx::new(c.n_layer, c, opts.observer);
+        let batch = (LOGIT_BATCH_BYTES / (4 * c.n_vocab.max(1))).max(1);
+        for chunk in wanted.chunks(batch) {
+            let mut h = Mat::zeros(chunk.len(), c.n_embd);
+            for (i, &(row, _, _)) in chunk.iter().enumerate() {
+                h.row_mut(i).copy_from_slice(x.row(row));
+            }
+            ops::rms_norm(&mut h, &norm, c.rms_eps);
+            let logits = ctx.matmul("output.weight", &h, &w_out);
+            for (i, &(_, si, pos)) in chunk.iter().enumerate() {
+                on_logits(si, pos, logits.row(i));
+            }
+        }
+        Ok(())
+    }
+}
