@@ -5,8 +5,7 @@
 //! [`Block`]). llama and qwen2 share [`dense::DenseBlock`]; deepseek2 lives in `deepseek2/`.
 
 pub mod dense;
-// The deepseek2 engineer enables their module here and its arm in `spec` below:
-// pub mod deepseek2;
+pub mod deepseek2;
 
 use crate::config::{Arch, ModelConfig};
 use crate::engine::Block;
@@ -45,15 +44,10 @@ fn load_boxed<B: Block + 'static>(
 }
 
 /// The block implementation for `config.arch`.
-pub fn spec(config: &ModelConfig, source: &dyn WeightSource) -> Result<ArchSpec> {
+pub fn spec(config: &ModelConfig, _source: &dyn WeightSource) -> Result<ArchSpec> {
     match config.arch {
         Arch::Llama | Arch::Qwen2 => Ok(ArchSpec::of::<dense::DenseBlock>()),
-        // Arch::Deepseek2 => Ok(ArchSpec::of::<deepseek2::Deepseek2Block>()),
-        Arch::Deepseek2 => Err(VerifyError::UnsupportedArch {
-            origin: source.description(),
-            arch: "deepseek2".into(),
-            detail: ": its forward pass is not implemented yet".into(),
-        }),
+        Arch::Deepseek2 => Ok(ArchSpec::of::<deepseek2::Deepseek2Block>()),
     }
 }
 
