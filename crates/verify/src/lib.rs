@@ -16,6 +16,7 @@ pub mod error;
 pub mod ops;
 pub mod source;
 pub mod tensor;
+pub mod tokenize;
 
 pub use config::{Arch, Deepseek2Params, ModelConfig};
 pub use engine::{Block, Engine, EvalOptions, LayerCtx, LayerObserver, LogitPositions, Progress};
