@@ -1,0 +1,102 @@
+//! The strong check of verify's forward pass: on the same GGUF and the same token ids, our
+//! layer-major engine and llama.cpp's `llama-perplexity` must give the same perplexity
+//! (REFERENCE §7.1 methodology: chunks of n_ctx, logits for the second half, token p+1 scored
+//! from position p).
+//!
+//! Tokens come from the peer's `llama-tokenize` (tokenization is tested separately), so this
+//! isolates the forward pass. llama-perplexity runs with an f32 KV cache (`-ctk f32 -ctv f32`,
+//! flash attention off): with the default f16 cache its K/V are rounded to f16, a difference of
+//! ~1e-4 relative that is llama.cpp's, not ours.
+
+mod llama_cpp;
+
+use std::path::Path;
+
+use verify::{Engine, EvalOptions, GgufSource, LogitPositions, WeightSource};
+
+const CTX: usize = 128;
+const CHUNKS: usize = 2;
+
+/// Perplexity of `tokens` with llama-perplexity's chunking, computed by our engine.
+fn our_perplexity(gguf: &Path, tokens: &[u32], ctx: usize, chunks: usize) -> f64 {
+    let source = GgufSource::open(gguf).unwrap();
+    let engine = Engine::new(&source).unwrap();
+    let add_bos = source
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let bos = source
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u32());
+    let seqs: Vec<Vec<u32>> = (0..chunks)
+        .map(|k| {
+            let mut c = tokens[k * ctx..(k + 1) * ctx].to_vec();
+            if let (true, Some(b)) = (add_bos, bos) {
+                c[0] = b;
+            }
+            c
+        })
+        .collect();
+    let first = ctx / 2;
+    let opts = EvalOptions {
+        logit_positions: LogitPositions::Range(first..ctx - 1),
+        ..EvalOptions::default()
+    };
+    let (mut sum, mut n) = (0f64, 0usize);
+    engine
+        .evaluate(&seqs, &opts, &mut |seq, pos, logits| {
+            let target = tokens[seq * ctx + pos + 1] as usize;
+            let lse = verify::ops::log_sum_exp(logits);
+            sum += lse - f64::from(logits[target]);
+            n += 1;
+        })
+        .unwrap();
+    assert_eq!(n, chunks * (ctx - 1 - first));
+    (sum / n as f64).exp()
+}
+
+#[test]
+fn perplexity_matches_llama_perplexity() {
+    let Some(ppl_bin) = fixtures::support::peer_bin("llama-perplexity") else {
+        return;
+    };
+    let Some(tok_bin) = fixtures::support::peer_bin("llama-tokenize") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = llama_cpp::eval_text(dir.path());
+    let mut report = Vec::new();
+    for arch in [fixtures::Arch::Qwen2, fixtures::Arch::Llama] {
+        let model = dir.path().join(arch.to_string());
+        fixtures::write_fixture(arch, &model, &fixtures::Options::default()).unwrap();
+        // F32: the same arithmetic up to summation order. Q8_0: llama.cpp also quantizes the
+        // activations to Q8_0 inside each matmul, we keep them f32: a looser bound.
+        for (outtype, tol) in [("f32", 1e-5), ("q8_0", 1e-2)] {
+            let gguf = dir.path().join(format!("{arch}-{outtype}.gguf"));
+            llama_cpp::convert(&model, &gguf, outtype);
+            let tokens = llama_cpp::llama_tokenize(&tok_bin, &gguf, &text);
+            assert!(tokens.len() >= CTX * CHUNKS, "{} tokens", tokens.len());
+            let peer = llama_cpp::llama_perplexity(
+                &ppl_bin,
+                &gguf,
+                &text,
+                CTX,
+                CHUNKS,
+                &["-ctk", "f32", "-ctv", "f32", "-fa", "off"],
+            );
+            let ours = our_perplexity(&gguf, &tokens, CTX, CHUNKS);
+            let rel = (ours - peer.ppl).abs() / peer.ppl;
+            eprintln!(
+                "{arch} {outtype}: ours {ours:.6}, llama.cpp {:.6} (±{:?}), rel {rel:.2e}",
+                peer.ppl, peer.err
+            );
+            report.push((arch, outtype, ours, peer.ppl, rel));
+            assert!(
+                rel < tol,
+                "{arch} {outtype}: ours {ours} vs llama.cpp {} ({rel:.2e} > {tol})",
+                peer.ppl
+            );
+        }
+    }
+    eprintln!("{report:?}");
+}
