@@ -1,5 +1,10 @@
 //! `r1q convert MODEL_DIR -o OUT.gguf`: an HF checkpoint (DeepSeek-R1 FP8, R1-Distill BF16) to
 //! GGUF in one streaming pass, with a progress bar on a terminal and one summary line at the end.
+//!
+//! `--outtype f32|f16|bf16|q8_0` follows llama.cpp's converter (its tensor order and types);
+//! any other llama-quantize mix (`Q4_K_M`, `IQ4_XS`, …) is the direct path: the f32 plan typed
+//! and ordered by llama-quantize's rules, so the file equals `convert --outtype f32` followed by
+//! `quantize … MIX` byte for byte.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,6 +13,7 @@ use std::time::Duration;
 use ::convert::arch::PlanOptions;
 use ::convert::pipeline::{self, ExecOptions, Progress, Summary};
 use ::convert::plan::Plan;
+use ::convert::requantize::{self, mix::Mix};
 use anyhow::{Context, Result};
 use formats::checkpoint::Checkpoint;
 use formats::ggml_type::GgmlType;
@@ -51,11 +57,21 @@ pub struct Args {
         required_unless_present = "dry_run"
     )]
     output: Option<PathBuf>,
-    /// Type of the weight matrices; norms, biases and routers stay f32. Default bf16: lossless
-    /// for the BF16 distills, the same rounding as DeepSeek's FP8 → BF16 cast, and no f16
-    /// overflow or underflow risk (llama.cpp's converter defaults to f16).
-    #[arg(long, value_enum, default_value_t = OutType::Bf16)]
-    outtype: OutType,
+    /// Type of the weight matrices: f32, f16, bf16 or q8_0 as llama.cpp's converter writes them
+    /// (norms, biases and routers stay f32), or any llama-quantize mix (Q4_K_M, Q5_K_M, Q6_K,
+    /// IQ4_XS, …; any case) quantized in the same pass, byte-identical to `--outtype f32` then
+    /// `r1q quantize … MIX`. Default bf16: lossless for the BF16 distills, the same rounding as
+    /// DeepSeek's FP8 → BF16 cast, and no f16 overflow or underflow risk (llama.cpp's converter
+    /// defaults to f16).
+    #[arg(long, value_name = "TYPE|MIX", default_value = "bf16")]
+    outtype: String,
+    #[command(flatten)]
+    mix_args: crate::quantize::MixArgs,
+    /// With a mix: round the FP8 × scale product (and every other quantized tensor) to bf16
+    /// before quantizing, reproducing the common `--outtype bf16` + llama-quantize pipeline
+    /// byte for byte. Default: quantize the exact f32 product (= `--outtype f32` + quantize).
+    #[arg(long)]
+    fp8_via_bf16: bool,
     /// Force `tokenizer.ggml.pre` (e.g. deepseek-v3, deepseek-r1-qwen, llama-bpe) when the
     /// pre-tokenizer is not recognised.
     #[arg(long, value_name = "NAME")]
@@ -72,11 +88,26 @@ pub struct Args {
     dry_run: bool,
 }
 
+/// The converter's own outtypes (any case); everything else is a mix.
+fn converter_outtype(name: &str) -> Option<OutType> {
+    match name.to_ascii_lowercase().as_str() {
+        "f32" => Some(OutType::F32),
+        "f16" => Some(OutType::F16),
+        "bf16" => Some(OutType::Bf16),
+        "q8_0" => Some(OutType::Q8_0),
+        _ => None,
+    }
+}
+
 /// Plans, then either prints the plan (`--dry-run`) or executes it.
 pub fn run(args: &Args) -> Result<()> {
+    let outtype = match converter_outtype(&args.outtype) {
+        Some(t) if !args.mix_args.any() && !args.fp8_via_bf16 => t,
+        _ => return run_mix(args, crate::quantize::parse_mix(&args.outtype)?),
+    };
     let ckpt = Checkpoint::open(&args.model_dir)?;
     let opts = PlanOptions {
-        outtype: args.outtype.ggml(),
+        outtype: outtype.ggml(),
         tokenizer_pre: args.tokenizer_pre.clone(),
         name: None,
     };
@@ -95,16 +126,64 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let summary = pipeline::execute(&ckpt, &plan, out, &exec, &bar)?;
     bar.0.finish_and_clear();
-    eprintln!("{}", summary_line(&summary, args.outtype));
+    eprintln!(
+        "{}",
+        summary_line(&summary, &format!("{outtype:?}").to_lowercase())
+    );
+    Ok(())
+}
+
+/// The direct path: plan at f32, type and order it with llama-quantize's rules for `mix`, then
+/// execute with the imatrix (and optional bf16 rounding) in one pass.
+fn run_mix(args: &Args, mix: Mix) -> Result<()> {
+    let ckpt = Checkpoint::open(&args.model_dir)?;
+    let opts = PlanOptions {
+        outtype: GgmlType::F32,
+        tokenizer_pre: args.tokenizer_pre.clone(),
+        name: None,
+    };
+    let mut plan = ::convert::arch::plan(&ckpt, &opts)?;
+    let imatrix = args.mix_args.load_imatrix()?;
+    let report = requantize::apply_mix(
+        &mut plan,
+        mix,
+        &args.mix_args.mix_options()?,
+        imatrix.as_ref(),
+    )?;
+    for name in &report.without_weights {
+        eprintln!(
+            "r1q: note: no usable imatrix entry for {name}; quantized without importance weights"
+        );
+    }
+    if args.dry_run {
+        return print_plan(&plan);
+    }
+    let Some(out) = &args.output else {
+        anyhow::bail!("no output file: pass -o OUT.gguf");
+    };
+    pipeline::install_ctrlc_handler().map_err(anyhow::Error::msg)?;
+    let bar = Bar::new(args.quiet);
+    let exec = ExecOptions {
+        threads: args.threads,
+        ..ExecOptions::default()
+    };
+    let extras = pipeline::Extras {
+        imatrix: imatrix.as_ref(),
+        fp8_via_bf16: args.fp8_via_bf16,
+    };
+    let summary = pipeline::execute_with(&ckpt, &plan, out, &exec, &extras, &bar)?;
+    bar.0.finish_and_clear();
+    eprintln!("{}", summary_line(&summary, mix.name()));
     Ok(())
 }
 
 /// The progress bar: bytes written, bytes/s and ETA, on stderr; hidden when stderr is not a
 /// terminal or with `--quiet`.
-struct Bar(ProgressBar);
+pub(crate) struct Bar(pub(crate) ProgressBar);
 
 impl Bar {
-    fn new(quiet: bool) -> Self {
+    /// A bar on stderr, or a hidden one.
+    pub(crate) fn new(quiet: bool) -> Self {
         let bar = if quiet || !std::io::stderr().is_terminal() {
             ProgressBar::hidden()
         } else {
@@ -135,12 +214,13 @@ impl Progress for Bar {
     }
 }
 
-fn gib(bytes: u64) -> f64 {
+/// Bytes in GiB.
+pub(crate) fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
 /// This process's peak resident set (`VmHWM` of /proc/self/status), in KiB, where the OS has it.
-fn peak_rss_kib() -> Option<u64> {
+pub(crate) fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -148,13 +228,13 @@ fn peak_rss_kib() -> Option<u64> {
 
 /// The one line printed after a conversion; `peak RSS` lets users (and `cargo xtask bench
 /// convert`) check the documented memory bound.
-fn summary_line(s: &Summary, outtype: OutType) -> String {
+fn summary_line(s: &Summary, outtype: &str) -> String {
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     let rss = peak_rss_kib().map_or_else(String::new, |k| {
         format!(", peak RSS {:.1} MiB", k as f64 / 1024.0)
     });
     format!(
-        "wrote {}: {} tensors, {:.3} GiB ({:?} weights), {:.3} s, {:.2} GB/s of checkpoint data{rss}",
+        "wrote {}: {} tensors, {:.3} GiB ({} weights), {:.3} s, {:.2} GB/s of checkpoint data{rss}",
         s.path.display(),
         s.tensors,
         gib(s.file_bytes),
@@ -162,10 +242,6 @@ fn summary_line(s: &Summary, outtype: OutType) -> String {
         secs,
         s.source_bytes as f64 / secs / 1e9
     )
-    .replace("Bf16", "bf16")
-    .replace("F32", "f32")
-    .replace("F16", "f16")
-    .replace("Q8_0", "q8_0")
 }
 
 /// `--dry-run`: one line per tensor, then totals.

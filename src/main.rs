@@ -5,6 +5,7 @@
 
 mod convert;
 mod inspect;
+mod quantize;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Convert an HF checkpoint (DeepSeek-R1 FP8, R1-Distill BF16) to GGUF in one streaming pass.
     Convert(convert::Args),
+    /// Quantize a GGUF (F32/F16/BF16) to a llama-quantize mix (Q4_K_M, Q6_K, IQ4_XS, …) with the
+    /// same tensor types and bytes as llama-quantize; optional imatrix and per-tensor overrides.
+    Quantize(quantize::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ pub mod arch;
 pub mod error;
 pub mod pipeline;
 pub mod plan;
+pub mod requantize;
 pub mod tokenizer;
 
 pub use error::{ConvertError, Result};

@@ -33,6 +33,7 @@
 //! number of tensors or the model size. Defaults (C = 8 MiB, W = 2T): about `20·W MiB + base`,
 //! e.g. 80 MiB + base on 2 threads. `cargo xtask bench convert` measures it.
 
+pub(crate) mod gguf_source;
 mod release;
 mod source;
 pub(crate) mod weighted;
@@ -49,7 +50,7 @@ use formats::gguf::{GgufValue, GgufWriter, TensorDecl};
 use crate::error::{ConvertError, Result};
 use crate::plan::{Plan, PlannedTensor, Source};
 use source::RowSource;
-pub use weighted::{Extras, ImatrixWeights};
+pub use weighted::{Extras, ImatrixWeights, Lookup};
 
 /// Default f32 bytes per chunk (whole rows; a longer row is a chunk of its own).
 pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
