@@ -265,7 +265,8 @@ impl<'a> Engine<'a> {
     /// Consecutive groups of sequence indices whose peak memory fits `max_memory`.
     fn plan_groups(&self, seqs: &[Vec<u32>], max_memory: Option<u64>) -> Result<Vec<Range<usize>>> {
         let Some(limit) = max_memory else {
-            return Ok(vec![0..seqs.len()]);
+            let all = 0..seqs.len();
+            return Ok(vec![all]);
         };
         let max_len = seqs.iter().map(Vec::len).max().unwrap_or(0);
         let (fixed, per_token) = self.memory_model(max_len);
