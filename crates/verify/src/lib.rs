@@ -16,6 +16,8 @@ pub mod error;
 pub mod ops;
 pub mod source;
 pub mod tensor;
+pub mod kld;
+pub mod ppl;
 pub mod tokenize;
 
 pub use config::{Arch, Deepseek2Params, ModelConfig};

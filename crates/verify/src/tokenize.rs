@@ -355,7 +355,10 @@ impl Tokenizer {
             }
         }
         let lib = |e: tokenizers::Error| {
-            err(path, TokenizeProblem::Library(format!("adding special tokens: {e}")))
+            err(
+                path,
+                TokenizeProblem::Library(format!("adding special tokens: {e}")),
+            )
         };
         inner.add_special_tokens(special).map_err(lib)?;
         inner.add_tokens(user).map_err(lib)?;
