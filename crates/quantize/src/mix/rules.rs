@@ -46,6 +46,8 @@ fn layer_info(counter: i64, n: i64, name: &str, model: &ModelInfo) -> Result<(i6
 }
 
 /// The heuristic type of one quantizable tensor, starting from `new_type` (the mix default).
+/// (The argument list mirrors `llama_tensor_get_type_impl`'s inputs one to one.)
+#[allow(clippy::too_many_arguments)]
 pub(super) fn heuristic_type(
     st: &mut State,
     model: &ModelInfo,
@@ -107,11 +109,7 @@ pub(super) fn heuristic_type(
         let (i, n) = layer_info(st.i_ffn_down, st.n_ffn, name, model)?;
         match mix {
             Mix::Q2_K => new_type = T::Q3_K,
-            Mix::Q2_K_S => {
-                if i < n / 8 {
-                    new_type = T::Q4_K
-                }
-            }
+            Mix::Q2_K_S if i < n / 8 => new_type = T::Q4_K,
             Mix::Q3_K_M => {
                 new_type = if i < n / 16 {
                     T::Q5_K
