@@ -2,6 +2,8 @@
 //!
 //! `convert`: `r1q convert` end to end on the deepseek-v3 fixture (see `bench_convert.rs`).
 //!
+//! `quantize`: `r1q quantize --pure` vs llama-quantize per type (see `bench_quantize.rs`).
+//!
 //! `dequant`: FP8 (e4m3, 128×128 block scales) → f32 on synthetic tensors shaped like R1's expert
 //! matrices, on one thread and on all threads, with BF16 → f32 for comparison. Output goes into
 //! tile buffers of the size the converter uses (as in the real pipeline: mmap → f32 tile →
@@ -18,6 +20,8 @@ use rayon::prelude::*;
 
 #[path = "bench_convert.rs"]
 mod bench_convert;
+#[path = "bench_quantize.rs"]
+mod bench_quantize;
 
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -26,6 +30,8 @@ pub enum Which {
     Dequant,
     /// `r1q convert` end to end: FP8 → bf16 and → q8_0 throughput and peak RSS.
     Convert,
+    /// `r1q quantize --pure` vs the peer's `llama-quantize --pure` per type, 1 and all threads.
+    Quantize,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -44,6 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.which {
         Which::Dequant => dequant(args.reps.max(1)),
         Which::Convert => bench_convert::run(args.reps.max(1)),
+        Which::Quantize => bench_quantize::run(args.reps.max(1)),
     }
 }
 
