@@ -4,6 +4,9 @@
 
 use verify::arch::deepseek2::router::{route, Gating, RouterParams};
 
+/// REFERENCE §5.5's clamp, 6.103515625e-5 (the smallest normal f16).
+const F16_MIN_NORMAL: f32 = 1.0 / 16384.0;
+
 /// A tiny deterministic generator (splitmix64), so the test needs no dependency.
 struct Rng(u64);
 
@@ -74,7 +77,7 @@ fn naive(logits: &[f32], bias: Option<&[f32]>, p: &RouterParams) -> (Vec<u32>, V
     }
     let mut w: Vec<f32> = experts.iter().map(|&e| probs[e as usize]).collect();
     if p.norm_weights {
-        let s: f32 = w.iter().sum::<f32>().max(6.103515625e-5);
+        let s: f32 = w.iter().sum::<f32>().max(F16_MIN_NORMAL);
         w.iter_mut().for_each(|x| *x /= s);
     }
     if p.weights_scale != 0.0 && p.weights_scale != 1.0 {
@@ -188,6 +191,10 @@ fn the_bias_selects_but_does_not_weight() {
 
 #[test]
 fn tiny_weight_sums_are_clamped() {
+    assert_eq!(
+        verify::arch::deepseek2::router::MIN_WEIGHT_SUM,
+        F16_MIN_NORMAL
+    );
     let p = RouterParams {
         n_groups: 1,
         n_groups_used: 1,
@@ -198,7 +205,7 @@ fn tiny_weight_sums_are_clamped() {
     let r = route(&logits, 1, None, &p);
     let s = 1.0 / (1.0 + 30f32.exp());
     for w in &r.weights {
-        assert!((w - s / 6.103515625e-5).abs() < 1e-9, "{w}");
+        assert!((w - s / F16_MIN_NORMAL).abs() < 1e-9, "{w}");
     }
 }
 

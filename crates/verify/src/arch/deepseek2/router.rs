@@ -10,6 +10,10 @@
 //! Ties: ggml sorts with `std::sort` (not stable), so its choice among exactly equal scores is
 //! unspecified; here the lower index always wins, which makes the result deterministic.
 
+/// The floor of the selected weights' sum before normalising: 2⁻¹⁴ = 6.103515625e-5, the
+/// smallest normal f16, which llama.cpp clamps to (HF adds 1e-20 instead).
+pub const MIN_WEIGHT_SUM: f32 = 1.0 / 16384.0;
+
 /// How router logits become expert probabilities (`deepseek2.expert_gating_func`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gating {
@@ -210,7 +214,7 @@ pub fn route(
         let mut w: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
         if params.norm_weights {
             let sum: f32 = w.iter().sum();
-            let sum = sum.max(6.103515625e-5);
+            let sum = sum.max(MIN_WEIGHT_SUM);
             for x in w.iter_mut() {
                 *x /= sum;
             }
