@@ -4,8 +4,12 @@
 //! the work lives in the library crates (`formats`, `quantize`, `convert`, `verify`).
 
 mod convert;
+mod demo;
+mod hf_source;
 mod inspect;
+mod perplexity;
 mod quantize;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +33,15 @@ enum Command {
     /// Quantize a GGUF (F32/F16/BF16) to a llama-quantize mix (Q4_K_M, Q6_K, IQ4_XS, …) with the
     /// same tensor types and bytes as llama-quantize; optional imatrix and per-tensor overrides.
     Quantize(quantize::Args),
+    /// Perplexity of a GGUF or HF checkpoint on a text, exactly as llama-perplexity measures it
+    /// (and KL divergence against a base file, which `--save` writes in llama.cpp's format).
+    Perplexity(perplexity::Args),
+    /// One table of what quantization cost: size, bits per weight, PPL, ΔPPL, mean/p99 KLD and
+    /// top-1 agreement of each QUANT against BASE, on the same text.
+    Verify(verify::Args),
+    /// The whole pipeline in seconds on a built-in tiny DeepSeek-V3 model: generate, convert to
+    /// Q8_0 and the supported K-quant mixes, print the verify table.
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +50,9 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Quantize(args) => quantize::run(&args),
+        Command::Perplexity(args) => perplexity::run(&args),
+        Command::Verify(args) => verify::run(&args),
+        Command::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
