@@ -119,7 +119,7 @@ fn errors_are_one_line_and_leave_nothing() {
         "convert".as_ref(),
         src.as_os_str(),
         "--outtype".as_ref(),
-        "q4_k".as_ref(),
+        "q4_k_x".as_ref(),
         "-o".as_ref(),
         out.as_os_str(),
     ]);
