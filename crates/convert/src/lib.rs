@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod error;
+pub mod hub;
 pub mod pipeline;
 pub mod plan;
 pub mod requantize;
