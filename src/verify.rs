@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ::verify::kld::{BaseHeader, BaseReader, BaseWriter};
 use ::verify::ppl::{self, ChunkPlan, Event, Mode};
-use ::verify::Engine;
+use ::verify::{Engine, WeightSource};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
@@ -128,6 +128,15 @@ pub fn measure(
         if nv != n_vocab {
             bail!(
                 "{}: vocabulary of {nv} tokens does not match the base model's {n_vocab} ({})",
+                q.path.display(),
+                base.path.display()
+            );
+        }
+        // Same size is not enough: the same ids must mean the same tokens.
+        let key = "tokenizer.ggml.tokens";
+        if q.source.get(key) != base.source.get(key) {
+            bail!(
+                "{}: its vocabulary ({key}) differs from the base model's ({}); KL divergence needs the same tokens",
                 q.path.display(),
                 base.path.display()
             );
