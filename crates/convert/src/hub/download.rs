@@ -125,6 +125,20 @@ impl Check {
     }
 }
 
+/// sha256 of `data` as lowercase hex (the LFS oid and blob name of a large file).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// git's blob id of `data` (`sha1("blob <len>\0" + data)`): the ETag and blob name the hub
+/// gives a small, non-LFS file.
+pub fn git_blob_sha1(data: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", data.len()).as_bytes());
+    h.update(data);
+    hex(&h.finalize())
+}
+
 /// Lowercase hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
