@@ -100,3 +100,51 @@ fn perplexity_matches_llama_perplexity() {
     }
     eprintln!("{report:?}");
 }
+
+/// Timing, not a check (DESIGN: measured, not asserted): tokens/s of our engine and of
+/// llama-perplexity on the bench-preset qwen2 fixture at F32, same text, 2 threads. Run with
+/// `cargo test --release --test verify_vs_llama_cpp -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing_bench_qwen2() {
+    let Some(ppl_bin) = fixtures::support::peer_bin("llama-perplexity") else {
+        return;
+    };
+    let Some(tok_bin) = fixtures::support::peer_bin("llama-tokenize") else {
+        return;
+    };
+    let (ctx, chunks) = (512, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    let body = match fixtures::support::shared_data() {
+        Some(d) => std::fs::read_to_string(d.join("text/wiki-eval.txt")).unwrap(),
+        None => "The quick brown fox jumps over the lazy dog. ".repeat(3000),
+    };
+    std::fs::write(&text, body.chars().take(60_000).collect::<String>()).unwrap();
+    let model = dir.path().join("qwen2");
+    let opts = fixtures::Options {
+        preset: fixtures::Preset::Bench,
+        ..fixtures::Options::default()
+    };
+    fixtures::write_fixture(fixtures::Arch::Qwen2, &model, &opts).unwrap();
+    for outtype in ["f32", "q8_0"] {
+        let gguf = dir.path().join(format!("qwen2-{outtype}.gguf"));
+        llama_cpp::convert(&model, &gguf, outtype);
+        let tokens = llama_cpp::llama_tokenize(&tok_bin, &gguf, &text);
+        assert!(tokens.len() >= ctx * chunks, "{} tokens", tokens.len());
+        let n = (ctx * chunks) as f64;
+        let t = std::time::Instant::now();
+        let ours = our_perplexity(&gguf, &tokens, ctx, chunks);
+        let ours_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let peer = llama_cpp::llama_perplexity(&ppl_bin, &gguf, &text, ctx, chunks, &[]);
+        let peer_s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "qwen2 bench {outtype}: r1q {:.0} tok/s ({ours_s:.2} s, PPL {ours:.4}); \
+             llama-perplexity {:.0} tok/s ({peer_s:.2} s wall incl. load, PPL {:.4}, f16 KV)",
+            n / ours_s,
+            n / peer_s,
+            peer.ppl
+        );
+    }
+}
