@@ -103,7 +103,7 @@ fn model(arch: &str, tied: bool) -> MemSource {
     if arch == "llama" {
         m.put("rope_freqs.weight", &[hd / 2], 4, 1.0);
         let f = &mut m.tensors.get_mut("rope_freqs.weight").unwrap().1;
-        f.iter_mut().for_each(|v| *v = 1.5 + *v);
+        f.iter_mut().for_each(|v| *v += 1.5);
     }
     for l in 0..LAYERS {
         let p = format!("blk.{l}.");
