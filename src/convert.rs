@@ -47,7 +47,9 @@ impl OutType {
 /// Arguments of `r1q convert`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The Hugging Face checkpoint directory (config.json, tokenizer.json, safetensors shards).
+    /// The Hugging Face checkpoint directory (config.json, tokenizer.json, safetensors shards),
+    /// or a hub repo id (`org/name`, not an existing path): its config, tokenizer and safetensors
+    /// are pulled into the HF cache first (see `r1q pull`).
     model_dir: PathBuf,
     /// The GGUF file to write (appears only when complete; written as OUT.partial meanwhile).
     #[arg(
@@ -105,7 +107,7 @@ pub fn run(args: &Args) -> Result<()> {
         Some(t) if !args.mix_args.any() && !args.fp8_via_bf16 => t,
         _ => return run_mix(args, crate::quantize::parse_mix(&args.outtype)?),
     };
-    let ckpt = Checkpoint::open(&args.model_dir)?;
+    let ckpt = Checkpoint::open(crate::pull::model_dir(&args.model_dir, args.quiet)?)?;
     let opts = PlanOptions {
         outtype: outtype.ggml(),
         tokenizer_pre: args.tokenizer_pre.clone(),
@@ -136,7 +138,7 @@ pub fn run(args: &Args) -> Result<()> {
 /// The direct path: plan at f32, type and order it with llama-quantize's rules for `mix`, then
 /// execute with the imatrix (and optional bf16 rounding) in one pass.
 fn run_mix(args: &Args, mix: Mix) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.model_dir)?;
+    let ckpt = Checkpoint::open(crate::pull::model_dir(&args.model_dir, args.quiet)?)?;
     let opts = PlanOptions {
         outtype: GgmlType::F32,
         tokenizer_pre: args.tokenizer_pre.clone(),

@@ -8,6 +8,7 @@ mod demo;
 mod hf_source;
 mod inspect;
 mod perplexity;
+mod pull;
 mod quantize;
 mod verify;
 
@@ -30,6 +31,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Convert an HF checkpoint (DeepSeek-R1 FP8, R1-Distill BF16) to GGUF in one streaming pass.
     Convert(convert::Args),
+    /// Download a checkpoint from the Hugging Face hub into its shared cache: resumable,
+    /// parallel, sha256-verified; prints the snapshot directory.
+    Pull(pull::Args),
     /// Quantize a GGUF (F32/F16/BF16) to a llama-quantize mix (Q4_K_M, Q6_K, IQ4_XS, …) with the
     /// same tensor types and bytes as llama-quantize; optional imatrix and per-tensor overrides.
     Quantize(quantize::Args),
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Pull(args) => pull::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
         Command::Verify(args) => verify::run(&args),
