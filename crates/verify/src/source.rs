@@ -5,6 +5,7 @@
 //! so the HF → GGUF name/shape mapping lives with convert and is handed in as a `WeightSource`
 //! that speaks GGUF names, dims and metadata.
 
+use std::ops::Range;
 use std::path::Path;
 
 use formats::ggml_type::GgmlType;
@@ -44,6 +45,29 @@ pub trait WeightSource: Sync {
         }
         Ok(out)
     }
+    /// Rows `rows` of tensor `name` viewed as 2-D (`ne[0]` wide, all higher dims flattened into
+    /// rows), as f32. Exists so an MoE block can dequantize one expert of a 3-D
+    /// `[in, out, n_expert]` tensor (rows `e·out .. (e+1)·out`) when it is needed instead of all
+    /// experts at once (256 experts of R1 are ~45 GB per layer as f32). The default loads the
+    /// whole tensor; [`GgufSource`] dequantizes only the range.
+    fn load_row_range_f32(&self, name: &str, rows: Range<u64>) -> Result<Vec<f32>> {
+        let dims = self.tensor_dims(name).ok_or_else(|| self.missing(name))?;
+        let (width, n_rows) = flat_rows(&dims);
+        check_range(self, name, &rows, n_rows)?;
+        let all = self.load_f32(name)?;
+        let (a, b) = (rows.start as usize * width, rows.end as usize * width);
+        all.get(a..b)
+            .map(<[f32]>::to_vec)
+            .ok_or_else(|| VerifyError::TensorData {
+                origin: self.description(),
+                tensor: name.to_string(),
+                problem: format!(
+                    "source returned {} values, fewer than its dims say",
+                    all.len()
+                ),
+            })
+    }
+
     /// One line naming the source for messages: `GGUF file /x/y.gguf`, `HF checkpoint /dir`.
     fn description(&self) -> String;
 
@@ -63,6 +87,30 @@ pub trait WeightSource: Sync {
             problem: format!("row {row} requested but the tensor has {n_rows} rows"),
         }
     }
+}
+
+/// (row width, row count) of a tensor viewed as 2-D: `ne[0]` wide, the other dims flattened.
+fn flat_rows(dims: &[u64]) -> (usize, u64) {
+    let width = dims.first().copied().unwrap_or(1) as usize;
+    let rows = dims.iter().skip(1).product::<u64>();
+    (width, rows)
+}
+
+/// Checks that `rows` lies within `n_rows`.
+fn check_range<S: WeightSource + ?Sized>(
+    s: &S,
+    name: &str,
+    rows: &Range<u64>,
+    n_rows: u64,
+) -> Result<()> {
+    if rows.start > rows.end || rows.end > n_rows {
+        return Err(VerifyError::TensorData {
+            origin: s.description(),
+            tensor: name.to_string(),
+            problem: format!("rows {rows:?} requested but the tensor has {n_rows} rows"),
+        });
+    }
+    Ok(())
 }
 
 /// (row width, row count) of a 2-D tensor, or a shape error.
@@ -166,6 +214,25 @@ impl WeightSource for GgufSource {
             quantize::dequantize_rows(ty, src, &mut out[i * width..(i + 1) * width])
                 .map_err(|e| self.data_error(name, ty, e))?;
         }
+        Ok(out)
+    }
+
+    fn load_row_range_f32(&self, name: &str, rows: Range<u64>) -> Result<Vec<f32>> {
+        let info = self.info(name)?;
+        let (width, n_rows) = flat_rows(&info.dims);
+        check_range(self, name, &rows, n_rows)?;
+        let ty = info.ggml_type;
+        let row_bytes = ty.row_size(width as u64).ok_or_else(|| {
+            self.data_error(name, ty, format!("row length {width} is not whole blocks"))
+        })? as usize;
+        let (a, b) = (rows.start as usize, rows.end as usize);
+        let src = self
+            .file
+            .tensor_data(info)
+            .get(a * row_bytes..b * row_bytes)
+            .ok_or_else(|| self.data_error(name, ty, "data shorter than its dims"))?;
+        let mut out = vec![0f32; (b - a) * width];
+        quantize::dequantize_rows(ty, src, &mut out).map_err(|e| self.data_error(name, ty, e))?;
         Ok(out)
     }
 
