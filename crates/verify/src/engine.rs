@@ -60,7 +60,9 @@ pub trait Block: Send + Sync {
 /// parallel; implementations accumulate behind a `Mutex` (or per-thread sums).
 pub trait LayerObserver: Sync {
     /// Called before `input · weightᵀ` with the GGUF weight name (`blk.3.attn_q.weight`,
-    /// `output.weight` with `layer == n_layer`) and the input activations, one row per token.
+    /// `output.weight` — or `token_embd.weight` when the output is tied — with `layer ==
+    /// n_layer`, only for the positions that get logits) and the input activations, one row per
+    /// token.
     fn on_matmul(&self, layer: usize, weight: &str, input: &Mat);
 
     /// Called before an MoE expert matmul: `weight` is the 3-D expert tensor's name
@@ -369,7 +371,7 @@ impl<'a> Engine<'a> {
                 h.row_mut(i).copy_from_slice(x.row(row));
             }
             ops::rms_norm(&mut h, &norm, c.rms_eps);
-            let logits = ctx.matmul("output.weight", &h, &w_out);
+            let logits = ctx.matmul(out_name, &h, &w_out);
             for (i, &(_, si, pos)) in chunk.iter().enumerate() {
                 on_logits(si, pos, logits.row(i));
             }
