@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The Python packages the interop tests use, pinned so results are reproducible.
-const PY_REQUIREMENTS: &[&str] = &["gguf==0.19.0", "numpy==2.4.6", "tokenizers==0.23.3"];
+const PY_REQUIREMENTS: &[&str] = &[
+    "gguf==0.19.0",
+    "huggingface_hub==2.4.0",
+    "numpy==2.4.6",
+    "tokenizers==0.23.3",
+];
 
 /// Arguments of `cargo xtask test`.
 #[derive(clap::Args)]
