@@ -2,6 +2,8 @@
 //!
 //! `convert`: `r1q convert` end to end on the deepseek-v3 fixture (see `bench_convert.rs`).
 //!
+//! `pull`: `r1q pull` from a loopback hub, 1 and N jobs, vs sha256 alone (see `bench_pull.rs`).
+//!
 //! `quantize`: `r1q quantize --pure` vs llama-quantize per type (see `bench_quantize.rs`).
 //!
 //! `dequant`: FP8 (e4m3, 128×128 block scales) → f32 on synthetic tensors shaped like R1's expert
@@ -20,6 +22,8 @@ use rayon::prelude::*;
 
 #[path = "bench_convert.rs"]
 mod bench_convert;
+#[path = "bench_pull.rs"]
+mod bench_pull;
 #[path = "bench_quantize.rs"]
 mod bench_quantize;
 
@@ -32,6 +36,8 @@ pub enum Which {
     Convert,
     /// `r1q quantize --pure` vs the peer's `llama-quantize --pure` per type, 1 and all threads.
     Quantize,
+    /// `r1q pull` from a loopback hub: GB/s with 1 and N jobs, sha256 alone, hash CPU share.
+    Pull,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -51,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         Which::Dequant => dequant(args.reps.max(1)),
         Which::Convert => bench_convert::run(args.reps.max(1)),
         Which::Quantize => bench_quantize::run(args.reps.max(1)),
+        Which::Pull => bench_pull::run(args.reps.clamp(1, 3)),
     }
 }
 
