@@ -227,7 +227,6 @@ impl RepoCache {
             .write(true)
             .open(&path)
             .map_err(|e| HubError::io(&path, e))?;
-        #[allow(clippy::incompatible_msrv)] // File::lock: stable since 1.89; the toolchain is 1.95
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
