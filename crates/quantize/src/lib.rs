@@ -16,6 +16,7 @@ mod cast;
 mod iq4_nl;
 mod iq4_xs;
 mod k_scales;
+mod lanes;
 mod legacy;
 pub mod mix;
 mod q2_k;

@@ -9,7 +9,8 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, pack_2bit, QK_K};
-use crate::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use crate::lanes::{make_qkx_groups, QkxParams};
+use crate::search::{make_qp_quants, nearest_int};
 use formats::ggml_type::GgmlType;
 
 /// `block_q2_K`: `uint8_t scales[16]; uint8_t qs[64]; ggml_half d; ggml_half dmin;`.
@@ -35,40 +36,38 @@ impl BlockQ2K {
     pub(crate) fn quantize_imatrix(x: &[f32], qw: &[f32]) -> Self {
         let (x, qw) = (&x[..QK_K], &qw[..QK_K]);
         let mut levels = [0u8; QK_K];
-        let mut laux = [0u8; 16];
         let mut mins = [0f32; 16];
         let mut scales = [0f32; 16];
         let mut sw = [0f32; 16];
-        let mut weight = [0f32; 16];
 
         let mut sumx2 = 0f32;
         for &v in x {
             sumx2 += v * v;
         }
         let sigma2 = sumx2 / QK_K as f32;
+        let mut weight = [0f32; QK_K];
         for j in 0..16 {
             let xs = &x[16 * j..16 * j + 16];
             let q = &qw[16 * j..16 * j + 16];
+            let ws = &mut weight[16 * j..16 * j + 16];
             for l in 0..16 {
-                weight[l] = q[l] * (sigma2 + xs[l] * xs[l]).sqrt();
+                ws[l] = q[l] * (sigma2 + xs[l] * xs[l]).sqrt();
             }
             let mut s = 0f32;
-            for &w in &weight {
+            for &w in ws.iter() {
                 s += w;
             }
             sw[j] = s;
-            (scales[j], mins[j]) = make_qkx3_quants(
-                3,
-                xs,
-                Some(&weight),
-                &mut levels[16 * j..16 * j + 16],
-                &mut laux,
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
         }
+        // make_qkx3_quants(16, 3, …, -0.9, 0.05, 36, false) on the 16 groups, one per lane.
+        let p = QkxParams {
+            nmax: 3,
+            rmin: -0.9,
+            rdelta: 0.05,
+            nstep: 36,
+            use_mad: false,
+        };
+        make_qkx_groups::<16, 2>(p, x, &weight, &mut levels, &mut scales, &mut mins);
         let mut ls = [0u8; 16];
         let mut lm = [0u8; 16];
         let dm = make_qp_quants(15, &scales, &mut ls, &sw);
@@ -115,30 +114,26 @@ impl Block for BlockQ2K {
     fn quantize(x: &[f32]) -> Self {
         let x = &x[..QK_K];
         let mut levels = [0u8; QK_K];
-        let mut laux = [0u8; 16];
-        let mut weights = [0f32; 16];
+        let mut weights = [0f32; QK_K];
         let mut mins = [0f32; 16];
         let mut scales = [0f32; 16];
         const Q4SCALE: f32 = 15.0;
 
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
+        for (w, &v) in weights.iter_mut().zip(x) {
+            *w = v.abs();
+        }
+        // make_qkx2_quants(16, 3, …, -0.5, 0.1, 15, true) on the 16 groups, one per lane.
+        let p = QkxParams {
+            nmax: 3,
+            rmin: -0.5,
+            rdelta: 0.1,
+            nstep: 15,
+            use_mad: true,
+        };
+        make_qkx_groups::<16, 2>(p, x, &weights, &mut levels, &mut scales, &mut mins);
         for j in 0..16 {
-            let xs = &x[16 * j..16 * j + 16];
-            for (w, &v) in weights.iter_mut().zip(xs) {
-                *w = v.abs();
-            }
-            (scales[j], mins[j]) = make_qkx2_quants(
-                3,
-                xs,
-                &weights,
-                &mut levels[16 * j..16 * j + 16],
-                &mut laux,
-                -0.5,
-                0.1,
-                15,
-                true,
-            );
             if scales[j] > max_scale {
                 max_scale = scales[j];
             }

@@ -9,7 +9,8 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, get_scale_min_k4, pack_scale_min_k4, QK_K};
-use crate::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use crate::lanes::{make_qkx_groups, QkxParams};
+use crate::search::{make_qp_quants, nearest_int};
 use formats::ggml_type::GgmlType;
 
 /// `block_q5_K`: `ggml_half d; ggml_half dmin; uint8_t scales[12]; uint8_t qh[32];
@@ -38,8 +39,6 @@ impl BlockQ5K {
     pub(crate) fn quantize_imatrix(x: &[f32], qw: &[f32]) -> Self {
         let (x, qw) = (&x[..QK_K], &qw[..QK_K]);
         let mut levels = [0u8; QK_K];
-        let mut laux = [0u8; 32];
-        let mut weights = [0f32; 32];
         let mut sw = [0f32; 8];
         let mut mins = [0f32; 8];
         let mut scales = [0f32; 8];
@@ -49,29 +48,29 @@ impl BlockQ5K {
             sum_x2 += v * v;
         }
         let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+        let mut weights = [0f32; QK_K];
         for j in 0..8 {
             let xs = &x[32 * j..32 * j + 32];
             let q = &qw[32 * j..32 * j + 32];
+            let ws = &mut weights[32 * j..32 * j + 32];
             for l in 0..32 {
-                weights[l] = q[l] * (sigma2 + xs[l] * xs[l]).sqrt();
+                ws[l] = q[l] * (sigma2 + xs[l] * xs[l]).sqrt();
             }
             let mut sumw = 0f32;
-            for &w in &weights {
+            for &w in ws.iter() {
                 sumw += w;
             }
             sw[j] = sumw;
-            (scales[j], mins[j]) = make_qkx3_quants(
-                31,
-                xs,
-                Some(&weights),
-                &mut levels[32 * j..32 * j + 32],
-                &mut laux,
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
         }
+        // make_qkx3_quants(32, 31, …, -0.9, 0.05, 36, false) on the 8 sub-blocks, one per lane.
+        let p = QkxParams {
+            nmax: 31,
+            rmin: -0.9,
+            rdelta: 0.05,
+            nstep: 36,
+            use_mad: false,
+        };
+        make_qkx_groups::<32, 1>(p, x, &weights, &mut levels, &mut scales, &mut mins);
         let mut ls = [0u8; 8];
         let mut lm = [0u8; 8];
         let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
@@ -139,33 +138,31 @@ impl Block for BlockQ5K {
     fn quantize(x: &[f32]) -> Self {
         let x = &x[..QK_K];
         let mut levels = [0u8; QK_K];
-        let mut laux = [0u8; 32];
-        let mut weights = [0f32; 32];
+        let mut weights = [0f32; QK_K];
         let mut mins = [0f32; 8];
         let mut scales = [0f32; 8];
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
-        for j in 0..8 {
-            let xs = &x[32 * j..32 * j + 32];
+        for (xs, ws) in x.chunks_exact(32).zip(weights.chunks_exact_mut(32)) {
             let mut sum_x2 = 0f32;
             for &v in xs {
                 sum_x2 += v * v;
             }
             let av_x = (sum_x2 / 32.0).sqrt();
-            for (w, &v) in weights.iter_mut().zip(xs) {
+            for (w, &v) in ws.iter_mut().zip(xs) {
                 *w = av_x + v.abs();
             }
-            (scales[j], mins[j]) = make_qkx2_quants(
-                31,
-                xs,
-                &weights,
-                &mut levels[32 * j..32 * j + 32],
-                &mut laux,
-                -0.5,
-                0.1,
-                15,
-                false,
-            );
+        }
+        // make_qkx2_quants(32, 31, …, -0.5, 0.1, 15, false) on the 8 sub-blocks, one per lane.
+        let p = QkxParams {
+            nmax: 31,
+            rmin: -0.5,
+            rdelta: 0.1,
+            nstep: 15,
+            use_mad: false,
+        };
+        make_qkx_groups::<32, 1>(p, x, &weights, &mut levels, &mut scales, &mut mins);
+        for j in 0..8 {
             if scales[j] > max_scale {
                 max_scale = scales[j];
             }

@@ -8,7 +8,8 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, QK_K};
-use crate::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
+use crate::lanes::make_qx_groups;
+use crate::search::{nearest_int, GROUP_MAX_EPS};
 use formats::ggml_type::GgmlType;
 
 /// `block_q6_K`: `uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; ggml_half d;`.
@@ -48,16 +49,20 @@ impl BlockQ6K {
         let mut scales = [0f32; 16];
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
-        for (ib, s) in scales.iter_mut().enumerate() {
-            let r = 16 * ib..16 * ib + 16;
-            let scale = make_qx_quants(
-                32,
-                &x[r.clone()],
-                &mut levels[r.clone()],
-                1,
-                qw.map(|q| &q[r]),
-            );
-            *s = scale;
+        // make_qx_quants(16, 32, …, 1, qw) on the 16 groups, one per lane; `qw = NULL` weighs
+        // by x².
+        let mut sq = [0f32; QK_K];
+        let w = match qw {
+            Some(q) => &q[..QK_K],
+            None => {
+                for (w, &v) in sq.iter_mut().zip(x) {
+                    *w = v * v;
+                }
+                &sq[..]
+            }
+        };
+        make_qx_groups::<16, 2>(32, &x[..QK_K], w, &mut levels, &mut scales);
+        for &scale in &scales {
             let abs_scale = scale.abs();
             if abs_scale > max_abs_scale {
                 max_abs_scale = abs_scale;

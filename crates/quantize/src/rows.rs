@@ -182,7 +182,7 @@ pub fn dequantize_rows(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), 
     }
     let (block, bytes) = (ty.block_size() as usize, ty.type_size() as usize);
     let blocks = dst.len() / block.max(1);
-    if dst.len() % block.max(1) != 0 || blocks.checked_mul(bytes) != Some(src.len()) {
+    if !dst.len().is_multiple_of(block.max(1)) || blocks.checked_mul(bytes) != Some(src.len()) {
         return Err(QuantizeError::Size(format!(
             "{} bytes of {ty} cannot hold {} values",
             src.len(),
@@ -227,7 +227,7 @@ fn check_rows(
     dst_len: usize,
 ) -> Result<usize, QuantizeError> {
     let block = ty.block_size();
-    if block == 0 || n_per_row as u64 % block != 0 {
+    if block == 0 || !(n_per_row as u64).is_multiple_of(block) {
         return Err(QuantizeError::RowLength {
             ty,
             n_per_row,
@@ -243,7 +243,7 @@ fn check_rows(
             )))
         };
     }
-    if src_len % n_per_row != 0 {
+    if !src_len.is_multiple_of(n_per_row) {
         return Err(QuantizeError::Size(format!(
             "{src_len} values are not whole rows of {n_per_row}"
         )));

@@ -10,7 +10,7 @@ use formats::ggml_type::GgmlType;
 /// aborts there).
 pub fn fallback(target: GgmlType, ncols: u64) -> Result<GgmlType, GgmlType> {
     let block = target.block_size();
-    if ncols % block == 0 {
+    if ncols.is_multiple_of(block) {
         return Ok(target);
     }
     use GgmlType as T;
@@ -30,7 +30,7 @@ pub fn fallback(target: GgmlType, ncols: u64) -> Result<GgmlType, GgmlType> {
         _ if block <= 32 => target,
         _ => return Err(target),
     };
-    if ncols % ret.block_size() != 0 {
+    if !ncols.is_multiple_of(ret.block_size()) {
         return Ok(T::F16);
     }
     Ok(ret)

@@ -66,7 +66,7 @@ pub(super) fn heuristic_type(
     if cat == Category::Output || (st.has_tied_embeddings && cat == Category::TokenEmbd) {
         if let Some(t) = output_tensor_type {
             new_type = t;
-        } else if falcon || ncols % new_type.block_size() != 0 {
+        } else if falcon || !ncols.is_multiple_of(new_type.block_size()) {
             new_type = T::Q8_0;
         } else if new_type != T::Q8_0 {
             new_type = T::Q6_K;
