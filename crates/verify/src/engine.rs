@@ -1,6 +1,8 @@
 //! Layer-major evaluation (DESIGN.md): every token of every sequence goes through layer L before
 //! layer L+1, so each layer's weights are dequantized once per run (per memory group), matmuls
-//! are GEMMs over all tokens, and at most one layer's f32 weights are resident.
+//! are GEMMs over all tokens, and at most one layer's f32 weights are resident — of an MoE layer,
+//! only its non-expert weights plus the few experts being multiplied (experts are dequantized
+//! one at a time from the source when they received tokens, then freed).
 //!
 //! Peak memory of [`Engine::evaluate`] for one group of T tokens (longest sequence L):
 //!
@@ -8,8 +10,12 @@
 //! peak ≈ W + 4·T·k + 4·threads·ATTN_Q_BLOCK·L + LOGIT_BATCH_BYTES
 //! ```
 //!
-//! * W = the largest f32 weight set resident at once: max over layers of the layer's tensors
-//!   (n_elements × 4), and of the output matrix (`output` or tied `token_embd`, n_vocab·n_embd·4);
+//! * W = the largest f32 weight set resident at once ([`Engine::layer_weight_bytes`]): max over
+//!   layers of the layer's non-expert tensors (n_elements × 4) plus, for an MoE layer,
+//!   [`experts_in_flight`] × one expert's f32 gate/up/down (each `*_exps` tensor's
+//!   n_elements / n_expert × 4), and of the output matrix (`output` or tied `token_embd`,
+//!   n_vocab·n_embd·4). For R1: ~0.2 GB non-expert + 176 MB per expert in flight, instead of
+//!   the ~45 GB all 256 experts of a layer would take;
 //! * k = [`crate::arch::ArchSpec::floats_per_token`], the activation floats each token holds at
 //!   the block's peak. Dense llama/qwen2: k = 3·n_embd + max(n_q + 2·n_kv + 2·n_q_v, 2·n_ff)
 //!   (residual, normed input and a projection output of n_embd each, plus the attention phase's
@@ -36,10 +42,14 @@ pub const LOGIT_BATCH_BYTES: usize = 256 << 20;
 ///
 /// Exists so the engine's layer loop is architecture-independent: llama/qwen2 implement it in
 /// `arch/dense.rs`, deepseek2 in `arch/deepseek2/`.
-pub trait Block: Send + Sync {
-    /// Loads (dequantizes to f32) and validates layer `layer`'s weights. Every tensor's dims are
-    /// checked against `config`, with an error naming the tensor.
-    fn load(source: &dyn WeightSource, config: &ModelConfig, layer: usize) -> Result<Self>
+///
+/// `'s` is the weight source's lifetime: a block may keep a reference to it and read weights
+/// during `forward` (deepseek2 dequantizes each routed expert only when it received tokens).
+pub trait Block<'s>: Send + Sync {
+    /// Loads (dequantizes to f32) and validates layer `layer`'s weights — or, for weights read
+    /// lazily during `forward`, checks their dims. Every tensor's dims are checked against
+    /// `config`, with an error naming the tensor.
+    fn load(source: &'s dyn WeightSource, config: &ModelConfig, layer: usize) -> Result<Self>
     where
         Self: Sized;
 
@@ -111,6 +121,16 @@ impl<'a> LayerCtx<'a> {
         ops::matmul(x, w)
     }
 
+    /// Reports `x` as the input of expert `expert` of the 3-D MoE tensor `weight_name` without
+    /// multiplying: blocks that stream experts from the source multiply through slices of their
+    /// own buffers, not a [`Mat`] per expert, but the observer must still see each expert's
+    /// rows (imatrix's per-expert sums).
+    pub fn observe_expert(&self, weight_name: &str, expert: usize, x: &Mat) {
+        if let Some(o) = self.observer {
+            o.on_expert_matmul(self.layer, weight_name, expert, x);
+        }
+    }
+
     /// Reports `x` as the input of `weight_name` without multiplying (for blocks that compute a
     /// product another way, e.g. MLA's absorbed per-head matmuls).
     pub fn observe(&self, weight_name: &str, x: &Mat) {
@@ -177,6 +197,12 @@ impl Default for EvalOptions<'_> {
     }
 }
 
+/// How many routed experts of an MoE layer are dequantized at once: one per worker thread
+/// (they are multiplied in parallel), never more than the layer has.
+pub fn experts_in_flight(n_expert: usize) -> usize {
+    rayon::current_num_threads().clamp(1, n_expert.max(1))
+}
+
 /// The forward pass of one model over a [`WeightSource`].
 pub struct Engine<'a> {
     source: &'a dyn WeightSource,
@@ -236,16 +262,29 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Bytes of f32 weights resident while evaluating layer `layer` (all `blk.{layer}.` tensors).
+    /// Bytes of f32 weights resident while evaluating layer `layer`: every `blk.{layer}.` tensor,
+    /// except that of the 3-D MoE expert tensors (`*_exps`, `[in, out, n_expert]`) only
+    /// [`experts_in_flight`] experts are resident at once (module docs).
     pub fn layer_weight_bytes(&self, layer: usize) -> u64 {
         let prefix = format!("blk.{layer}.");
-        self.source
-            .tensor_names()
-            .iter()
-            .filter(|n| n.starts_with(&prefix))
-            .filter_map(|n| self.source.tensor_dims(n))
-            .map(|d| d.iter().product::<u64>() * 4)
-            .sum()
+        let (mut dense, mut per_expert, mut n_expert) = (0u64, 0u64, 0u64);
+        for name in self.source.tensor_names() {
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let Some(dims) = self.source.tensor_dims(&name) else {
+                continue;
+            };
+            let bytes = dims.iter().product::<u64>() * 4;
+            match dims.as_slice() {
+                [_, _, n] if name.contains("_exps.") && *n > 0 => {
+                    per_expert += bytes / n;
+                    n_expert = n_expert.max(*n);
+                }
+                _ => dense += bytes,
+            }
+        }
+        dense + per_expert * experts_in_flight(n_expert as usize) as u64
     }
 
     /// The `W + attention working set + logits batch` part of the memory formula, and the

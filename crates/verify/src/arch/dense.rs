@@ -65,7 +65,7 @@ pub struct DenseBlock {
     eps: f32,
 }
 
-impl Block for DenseBlock {
+impl Block<'_> for DenseBlock {
     fn load(source: &dyn WeightSource, c: &ModelConfig, layer: usize) -> Result<DenseBlock> {
         let p = format!("blk.{layer}.");
         let (nq, nk, nv) = (

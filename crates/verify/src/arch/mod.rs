@@ -4,8 +4,8 @@
 //! Dispatch: [`spec`] maps the model's [`Arch`] to an [`ArchSpec`] (how to load one layer's
 //! [`Block`]). llama and qwen2 share [`dense::DenseBlock`]; deepseek2 lives in `deepseek2/`.
 
-pub mod dense;
 pub mod deepseek2;
+pub mod dense;
 
 use crate::config::{Arch, ModelConfig};
 use crate::engine::Block;
@@ -13,8 +13,9 @@ use crate::error::{Result, VerifyError};
 use crate::source::WeightSource;
 use crate::tensor::Mat;
 
-/// Loads layer `layer` of one architecture as a boxed [`Block`].
-pub type LoadFn = fn(&dyn WeightSource, &ModelConfig, usize) -> Result<Box<dyn Block>>;
+/// Loads layer `layer` of one architecture as a boxed [`Block`] (which may borrow the source).
+pub type LoadFn =
+    for<'s> fn(&'s dyn WeightSource, &ModelConfig, usize) -> Result<Box<dyn Block<'s> + 's>>;
 
 /// What the engine needs to know about an architecture's block type.
 #[derive(Clone, Copy)]
@@ -26,8 +27,8 @@ pub struct ArchSpec {
 }
 
 impl ArchSpec {
-    /// The spec of block type `B`.
-    pub fn of<B: Block + 'static>() -> ArchSpec {
+    /// The spec of block type `B` (one that keeps no reference to the source).
+    pub fn of<B: for<'s> Block<'s> + 'static>() -> ArchSpec {
         ArchSpec {
             load: load_boxed::<B>,
             floats_per_token: B::floats_per_token,
@@ -35,11 +36,14 @@ impl ArchSpec {
     }
 }
 
-fn load_boxed<B: Block + 'static>(
-    source: &dyn WeightSource,
+fn load_boxed<'s, B>(
+    source: &'s dyn WeightSource,
     config: &ModelConfig,
     layer: usize,
-) -> Result<Box<dyn Block>> {
+) -> Result<Box<dyn Block<'s> + 's>>
+where
+    B: for<'x> Block<'x> + 'static,
+{
     Ok(Box::new(B::load(source, config, layer)?))
 }
 
@@ -47,7 +51,14 @@ fn load_boxed<B: Block + 'static>(
 pub fn spec(config: &ModelConfig, _source: &dyn WeightSource) -> Result<ArchSpec> {
     match config.arch {
         Arch::Llama | Arch::Qwen2 => Ok(ArchSpec::of::<dense::DenseBlock>()),
-        Arch::Deepseek2 => Ok(ArchSpec::of::<deepseek2::Deepseek2Block>()),
+        Arch::Deepseek2 => Ok(ArchSpec {
+            load: |source, config, layer| {
+                Ok(Box::new(deepseek2::Deepseek2Block::load_layer(
+                    source, config, layer,
+                )?))
+            },
+            floats_per_token: deepseek2::Deepseek2Block::peak_floats_per_token,
+        }),
     }
 }
 

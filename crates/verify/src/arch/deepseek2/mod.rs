@@ -26,16 +26,17 @@ use yarn::{YarnInputs, YarnScales};
 
 /// The FFN half of a block.
 #[derive(Debug, Clone)]
-pub enum Ffn {
+pub enum Ffn<'s> {
     /// Layers below `leading_dense_block_count`.
     Dense(DenseFfn),
     /// Routed experts + shared expert.
-    Moe(Box<Moe>),
+    Moe(Box<Moe<'s>>),
 }
 
-/// One deepseek2 layer, loaded as f32.
+/// One deepseek2 layer: its non-expert weights loaded as f32, its routed experts read from the
+/// source `'s` when they receive tokens ([`Moe`]).
 #[derive(Debug, Clone)]
-pub struct Deepseek2Block {
+pub struct Deepseek2Block<'s> {
     /// `attn_norm`.
     pub attn_norm: Vec<f32>,
     /// The attention.
@@ -43,7 +44,7 @@ pub struct Deepseek2Block {
     /// `ffn_norm`.
     pub ffn_norm: Vec<f32>,
     /// The feed-forward network.
-    pub ffn: Ffn,
+    pub ffn: Ffn<'s>,
     /// RMSNorm epsilon.
     pub eps: f32,
 }
@@ -157,10 +158,11 @@ fn load_mat(source: &dyn WeightSource, name: &str, dims: &[usize]) -> Result<Mat
     Ok(Mat::from_vec(rows, cols, data))
 }
 
-impl Deepseek2Block {
-    /// Loads and validates layer `layer` (see [`Block::load`]).
+impl<'s> Deepseek2Block<'s> {
+    /// Loads and validates layer `layer` (see [`Block::load`]); the routed experts' dims are
+    /// checked here but their data is read during `forward`.
     pub fn load_layer(
-        source: &dyn WeightSource,
+        source: &'s dyn WeightSource,
         config: &ModelConfig,
         layer: usize,
     ) -> Result<Self> {
@@ -245,15 +247,23 @@ impl Deepseek2Block {
                     problem: "fused gate/up experts are not supported yet (convert without --fuse-gate-up-exps)".into(),
                 });
             }
+            let exps = |s: &str| t(&format!("ffn_{s}_exps.weight"));
+            for (name, dims) in [
+                (exps("gate"), [n_embd, ff, ne]),
+                (exps("up"), [n_embd, ff, ne]),
+                (exps("down"), [ff, n_embd, ne]),
+            ] {
+                let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+                super::check_dims(source, &name, &dims)?;
+            }
             Ffn::Moe(Box::new(Moe {
                 layer,
                 router: load_mat(source, &t("ffn_gate_inp.weight"), &[n_embd, ne])?,
                 bias,
                 params: rp,
+                n_embd,
                 n_ff: ff,
-                gate: load_mat(source, &t("ffn_gate_exps.weight"), &[n_embd, ff, ne])?,
-                up: load_mat(source, &t("ffn_up_exps.weight"), &[n_embd, ff, ne])?,
-                down: load_mat(source, &t("ffn_down_exps.weight"), &[ff, n_embd, ne])?,
+                source,
                 shared,
             }))
         };
@@ -291,8 +301,8 @@ impl Deepseek2Block {
     }
 }
 
-impl Block for Deepseek2Block {
-    fn load(source: &dyn WeightSource, config: &ModelConfig, layer: usize) -> Result<Self> {
+impl<'s> Block<'s> for Deepseek2Block<'s> {
+    fn load(source: &'s dyn WeightSource, config: &ModelConfig, layer: usize) -> Result<Self> {
         Deepseek2Block::load_layer(source, config, layer)
     }
 
@@ -311,7 +321,7 @@ impl Block for Deepseek2Block {
         ops::rms_norm(&mut h, &self.ffn_norm, self.eps);
         let out = match &self.ffn {
             Ffn::Dense(f) => f.forward(&h, ctx),
-            Ffn::Moe(m) => m.forward(&h, ctx),
+            Ffn::Moe(m) => m.forward(&h, ctx)?,
         };
         drop(h);
         ops::add_assign(x, &out);
