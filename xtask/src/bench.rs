@@ -6,6 +6,9 @@
 //!
 //! `quantize`: `r1q quantize --pure` vs llama-quantize per type (see `bench_quantize.rs`).
 //!
+//! `perplexity`: `r1q perplexity` vs llama-perplexity, tokens/s and peak RSS (see
+//! `bench_perplexity.rs`).
+//!
 //! `dequant`: FP8 (e4m3, 128×128 block scales) → f32 on synthetic tensors shaped like R1's expert
 //! matrices, on one thread and on all threads, with BF16 → f32 for comparison. Output goes into
 //! tile buffers of the size the converter uses (as in the real pipeline: mmap → f32 tile →
@@ -24,6 +27,8 @@ use rayon::prelude::*;
 mod bench_convert;
 #[path = "bench_pull.rs"]
 mod bench_pull;
+#[path = "bench_perplexity.rs"]
+mod bench_perplexity;
 #[path = "bench_quantize.rs"]
 mod bench_quantize;
 
@@ -38,6 +43,8 @@ pub enum Which {
     Quantize,
     /// `r1q pull` from a loopback hub: GB/s with 1 and N jobs, sha256 alone, hash CPU share.
     Pull,
+    /// `r1q perplexity` vs the peer's `llama-perplexity`: tokens/s and peak RSS, 1 and N threads.
+    Perplexity,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -58,6 +65,7 @@ pub fn run(args: Args) -> Result<()> {
         Which::Convert => bench_convert::run(args.reps.max(1)),
         Which::Quantize => bench_quantize::run(args.reps.max(1)),
         Which::Pull => bench_pull::run(args.reps.clamp(1, 3)),
+        Which::Perplexity => bench_perplexity::run(args.reps.clamp(1, 3)),
     }
 }
 

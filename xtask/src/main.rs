@@ -3,6 +3,7 @@
 mod bench;
 mod fixture;
 mod peer;
+mod real_model;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Task {
     Bench(bench::Args),
     /// Build the llama.cpp peer tools (llama-quantize, …) used as the oracle in interop tests.
     Peer(peer::Args),
+    /// Download and verify the real small model (Qwen2.5-Coder-0.5B Q4_K_M GGUF) for opt-in tests.
+    RealModel(real_model::Args),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Peer(args) => peer::run(args),
+        Task::RealModel(args) => real_model::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
