@@ -1,33 +1,191 @@
 //! Opening a model for evaluation, whether the user names a GGUF file or an HF checkpoint
 //! directory, with its tokenizer and size facts for the tables.
 //!
-//! HF directories: `verify` may not depend on `convert` (DESIGN.md), so the root package adapts.
-//! For now the directory is converted once to an F32 GGUF in a private temporary directory (the
-//! exact dequantized values, FP8 × scale) and evaluated from there; a streaming adapter over
-//! convert's row sources (`pipeline::source::RowSource`, crate-private today) would avoid that
-//! copy for the full-size checkpoint.
+//! HF directories are streamed, never staged (DESIGN.md): `verify` may not depend on `convert`,
+//! so this root-crate glue implements `verify`'s [`WeightSource`] over convert's
+//! [`HfTensors`] (the F32 conversion plan, read row by row from the safetensors mmap). Every
+//! value is the one `r1q convert --outtype f32` would write, and nothing is written to disk.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use ::verify::error::{Result as VResult, VerifyError};
 use ::verify::tokenize::Tokenizer;
-use ::verify::GgufSource;
-use anyhow::{bail, Context, Result};
+use ::verify::{GgufSource, WeightSource};
+use anyhow::{Context, Result};
+use convert::tensors::HfTensors;
+use formats::gguf::GgufValue;
+
+/// An HF checkpoint directory as a [`WeightSource`]: GGUF names, dims and metadata from
+/// convert's F32 plan, tensors decoded on demand (one expert, a few embedding rows).
+pub struct HfSource {
+    tensors: HfTensors,
+    description: String,
+}
+
+impl HfSource {
+    /// Opens and plans `dir` (headers only).
+    pub fn open(dir: &Path) -> Result<HfSource> {
+        let tensors = HfTensors::open(dir)?;
+        let description = format!("HF checkpoint {}", dir.display());
+        Ok(HfSource {
+            tensors,
+            description,
+        })
+    }
+
+    /// A convert error on tensor `name` as the engine's one-line error.
+    fn error(&self, name: &str, e: convert::ConvertError) -> VerifyError {
+        VerifyError::TensorData {
+            origin: self.description.clone(),
+            tensor: name.to_string(),
+            problem: e.to_string(),
+        }
+    }
+}
+
+impl WeightSource for HfSource {
+    fn metadata(&self) -> &[(String, GgufValue)] {
+        self.tensors.metadata()
+    }
+
+    fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.tensors
+            .metadata()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    fn tensor_dims(&self, name: &str) -> Option<Vec<u64>> {
+        self.tensors.dims(name).map(<[u64]>::to_vec)
+    }
+
+    fn tensor_bytes(&self, name: &str) -> Option<u64> {
+        self.tensors.stored_bytes(name)
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        self.tensors.tensor_names()
+    }
+
+    fn load_f32(&self, name: &str) -> VResult<Vec<f32>> {
+        if self.tensors.dims(name).is_none() {
+            return Err(self.missing(name));
+        }
+        self.tensors.read_f32(name).map_err(|e| self.error(name, e))
+    }
+
+    fn load_rows_f32(&self, name: &str, rows: &[u32]) -> VResult<Vec<f32>> {
+        let dims = self.tensor_dims(name).ok_or_else(|| self.missing(name))?;
+        let (width, n_rows) = match dims.as_slice() {
+            [w, r] => (*w as usize, *r),
+            _ => {
+                return Err(VerifyError::TensorData {
+                    origin: self.description.clone(),
+                    tensor: name.to_string(),
+                    problem: format!("expected 2 dims, found {dims:?}"),
+                })
+            }
+        };
+        let mut out = vec![0f32; rows.len() * width];
+        for (&r, dst) in rows.iter().zip(out.chunks_exact_mut(width.max(1))) {
+            if u64::from(r) >= n_rows {
+                return Err(self.row_out_of_range(name, r, n_rows as usize));
+            }
+            let range = u64::from(r)..u64::from(r) + 1;
+            self.tensors
+                .read_rows_into(name, range, dst)
+                .map_err(|e| self.error(name, e))?;
+        }
+        Ok(out)
+    }
+
+    fn load_row_range_f32(&self, name: &str, rows: Range<u64>) -> VResult<Vec<f32>> {
+        if self.tensors.dims(name).is_none() {
+            return Err(self.missing(name));
+        }
+        self.tensors
+            .read_rows_f32(name, rows)
+            .map_err(|e| self.error(name, e))
+    }
+
+    fn load_row_range_into(&self, name: &str, rows: Range<u64>, out: &mut [f32]) -> VResult<()> {
+        if self.tensors.dims(name).is_none() {
+            return Err(self.missing(name));
+        }
+        self.tensors
+            .read_rows_into(name, rows, out)
+            .map_err(|e| self.error(name, e))
+    }
+
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+}
+
+/// Where a model's weights come from.
+pub enum Source {
+    /// A GGUF file.
+    Gguf(GgufSource),
+    /// An HF checkpoint directory, streamed.
+    Hf(HfSource),
+}
+
+impl Source {
+    fn inner(&self) -> &dyn WeightSource {
+        match self {
+            Source::Gguf(s) => s,
+            Source::Hf(s) => s,
+        }
+    }
+}
+
+impl WeightSource for Source {
+    fn metadata(&self) -> &[(String, GgufValue)] {
+        self.inner().metadata()
+    }
+    fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.inner().get(key)
+    }
+    fn tensor_dims(&self, name: &str) -> Option<Vec<u64>> {
+        self.inner().tensor_dims(name)
+    }
+    fn tensor_bytes(&self, name: &str) -> Option<u64> {
+        self.inner().tensor_bytes(name)
+    }
+    fn tensor_names(&self) -> Vec<String> {
+        self.inner().tensor_names()
+    }
+    fn load_f32(&self, name: &str) -> VResult<Vec<f32>> {
+        self.inner().load_f32(name)
+    }
+    fn load_rows_f32(&self, name: &str, rows: &[u32]) -> VResult<Vec<f32>> {
+        self.inner().load_rows_f32(name, rows)
+    }
+    fn load_row_range_f32(&self, name: &str, rows: Range<u64>) -> VResult<Vec<f32>> {
+        self.inner().load_row_range_f32(name, rows)
+    }
+    fn load_row_range_into(&self, name: &str, rows: Range<u64>, out: &mut [f32]) -> VResult<()> {
+        self.inner().load_row_range_into(name, rows, out)
+    }
+    fn description(&self) -> String {
+        self.inner().description()
+    }
+}
 
 /// A model ready for the engine.
 pub struct Model {
     /// What the user named (GGUF file or checkpoint directory), for tables.
     pub path: PathBuf,
-    /// The weights (a GGUF file; for HF directories the F32 conversion).
-    pub source: GgufSource,
+    /// The weights: the GGUF file, or the HF directory read in place.
+    pub source: Source,
     /// The vocabulary's tokenizer (llama.cpp's ids).
     pub tokenizer: Tokenizer,
     /// Bytes of tensor data in the file the user named (for a directory: its safetensors).
     pub size_bytes: u64,
     /// Weights (tensor elements), for bits per weight.
     pub n_params: u64,
-    /// Keeps the temporary conversion of an HF directory alive.
-    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Model {
@@ -45,29 +203,13 @@ impl Model {
     }
 }
 
-/// Opens `path`: a GGUF file, or an HF checkpoint directory (converted to F32 on the side).
+/// Opens `path`: a GGUF file, or an HF checkpoint directory (planned at F32 and read in place;
+/// the tokenizer is the one convert would write into the GGUF, so ids match the F32 GGUF's).
 pub fn open_model(path: &Path) -> Result<Model> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let (gguf, tmp, dir_bytes) = if meta.is_dir() {
-        let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-        let out = tmp.path().join("base-f32.gguf");
-        let exe = std::env::current_exe().context("locating the r1q executable")?;
-        let res = Command::new(exe)
-            .args(["convert", "--quiet", "--outtype", "f32", "-o"])
-            .arg(&out)
-            .arg(path)
-            .output()
-            .context("running r1q convert")?;
-        if !res.status.success() {
-            let err = String::from_utf8_lossy(&res.stderr);
-            let line = err
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim_start_matches("r1q: error: ");
-            bail!("{line}");
-        }
+    let (source, size_bytes) = if meta.is_dir() {
+        let hf = HfSource::open(path)?;
         let bytes: u64 = std::fs::read_dir(path)
             .with_context(|| format!("listing {}", path.display()))?
             .filter_map(|e| e.ok())
@@ -75,22 +217,25 @@ pub fn open_model(path: &Path) -> Result<Model> {
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum();
-        (out, Some(tmp), Some(bytes))
+        (Source::Hf(hf), bytes)
     } else {
-        (path.to_path_buf(), None, None)
+        let g = GgufSource::open(path)?;
+        let bytes = g.file().tensors().iter().map(|t| t.nbytes).sum();
+        (Source::Gguf(g), bytes)
     };
-    let source = GgufSource::open(&gguf)?;
-    let tokenizer = Tokenizer::from_gguf(source.file())?;
-    let file = source.file();
-    let n_params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
-    let size_bytes = dir_bytes.unwrap_or_else(|| file.tensors().iter().map(|t| t.nbytes).sum());
+    let tokenizer = Tokenizer::from_gguf_metadata(path, source.metadata())?;
+    let n_params: u64 = source
+        .tensor_names()
+        .iter()
+        .filter_map(|n| source.tensor_dims(n))
+        .map(|d| d.iter().product::<u64>())
+        .sum();
     Ok(Model {
         path: path.to_path_buf(),
         source,
         tokenizer,
         size_bytes,
         n_params,
-        _tmp: tmp,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod pipeline;
 pub mod plan;
 pub mod requantize;
+pub mod tensors;
 pub mod tokenizer;
 
 pub use error::{ConvertError, Result};

@@ -35,7 +35,7 @@
 
 pub(crate) mod gguf_source;
 mod release;
-mod source;
+pub(crate) mod source;
 pub(crate) mod weighted;
 
 use std::collections::BTreeMap;
