@@ -154,3 +154,92 @@ mod tests {
         }
     }
 }
+
+/// The f32 values stored little-endian in `bytes`, borrowed without a copy, when they can be
+/// (a little-endian target, `bytes` 4-byte aligned and a whole number of values); `None`
+/// otherwise, and the caller decodes with [`crate::dequantize_rows`].
+///
+/// Exists so quantizing an F32 GGUF reads its mmap in place: the copy into a chunk buffer was
+/// a measurable share of the fast types' time.
+pub fn f32_view(bytes: &[u8]) -> Option<&[f32]> {
+    if cfg!(target_endian = "little")
+        && bytes.len().is_multiple_of(4)
+        && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>())
+    {
+        // SAFETY: the pointer is aligned for f32 and the length is a whole number of f32s
+        // (both checked above); every bit pattern is a valid f32; the result borrows `bytes`,
+        // so the memory outlives it and is not mutated meanwhile; on a little-endian target
+        // the in-memory representation is the file's.
+        Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) })
+    } else {
+        None
+    }
+}
+
+/// Index of the first NaN or ±Inf in `values`, if any.
+///
+/// Exists because every quantized input is validated (llama.cpp's `ggml_validate_row_data`);
+/// the test runs over 64 values at a time with a branch-free OR of "exponent all ones", which
+/// vectorises, and only a block that contains a bad value is searched for its index.
+pub fn first_non_finite(values: &[f32]) -> Option<usize> {
+    const EXP: u32 = 0x7f80_0000;
+    let mut chunks = values.chunks_exact(64);
+    let mut base = 0;
+    for c in &mut chunks {
+        let mut bad = false;
+        for v in c {
+            bad |= v.to_bits() & EXP == EXP;
+        }
+        if bad {
+            return c.iter().position(|v| !v.is_finite()).map(|i| base + i);
+        }
+        base += 64;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| base + i)
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn f32_view_borrows_aligned_bytes_and_refuses_the_rest() {
+        let vals: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // A Vec<u8> from the global allocator is at least 4-byte aligned here; test both.
+        let aligned = (bytes.as_ptr() as usize) % 4 == 0;
+        match f32_view(&bytes) {
+            Some(v) => assert_eq!(v, &vals[..]),
+            None => assert!(!aligned),
+        }
+        let off = if aligned { 1 } else { 0 };
+        assert!(f32_view(&bytes[off..off + 8]).is_none() || !aligned);
+        assert!(f32_view(&bytes[..7]).is_none());
+    }
+
+    #[test]
+    fn first_non_finite_finds_the_first_bad_value() {
+        let mut v = vec![1.0f32; 300];
+        assert_eq!(first_non_finite(&v), None);
+        for (i, bad) in [
+            (0, f32::NAN),
+            (63, f32::INFINITY),
+            (64, f32::NEG_INFINITY),
+            (299, f32::NAN),
+        ] {
+            let mut w = v.clone();
+            w[i] = bad;
+            if i < 299 {
+                w[299] = f32::NAN;
+            }
+            assert_eq!(first_non_finite(&w), Some(i), "{i}");
+        }
+        v[200] = f32::MAX;
+        v[201] = f32::MIN_POSITIVE / 2.0;
+        assert_eq!(first_non_finite(&v), None);
+    }
+}

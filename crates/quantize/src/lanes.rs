@@ -130,6 +130,36 @@ pub(crate) fn make_qx_groups_scalar<const N: usize, const V: usize>(
     }
 }
 
+/// `make_q3_quants(N, nmax, x, L, true)` on `8·V` consecutive groups of `N` values. Same
+/// results as [`search::make_q3_quants`] per group.
+pub(crate) fn make_q3_groups<const N: usize, const V: usize>(
+    nmax: i32,
+    x: &[f32],
+    ls: &mut [i8],
+    scales: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_enabled() {
+        // SAFETY: AVX2 is available (checked at run time just above).
+        unsafe { avx2::q3::<N, V>(nmax, x, ls, scales) };
+        return;
+    }
+    make_q3_groups_scalar::<N, V>(nmax, x, ls, scales);
+}
+
+/// The scalar reference of [`make_q3_groups`].
+pub(crate) fn make_q3_groups_scalar<const N: usize, const V: usize>(
+    nmax: i32,
+    x: &[f32],
+    ls: &mut [i8],
+    scales: &mut [f32],
+) {
+    for (g, s) in scales.iter_mut().enumerate().take(8 * V) {
+        let r = g * N..(g + 1) * N;
+        *s = search::make_q3_quants(nmax, &x[r.clone()], &mut ls[r], true);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::QkxParams;
@@ -475,6 +505,112 @@ mod avx2 {
             scales[8 * v..8 * v + 8].copy_from_slice(&out);
         }
     }
+
+    /// Lane-parallel `make_q3_quants(N, nmax, x, L, true)` (see [`super::make_q3_groups`]):
+    /// the coordinate descent runs in every lane until no lane changes (at most 5 sweeps); a
+    /// lane whose sweep changed nothing would change nothing in a later sweep either, so the
+    /// extra sweeps C would have skipped leave it as it is.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn q3<const N: usize, const V: usize>(
+        nmax: i32,
+        x: &[f32],
+        ls: &mut [i8],
+        scales: &mut [f32],
+    ) {
+        let g = 8 * V;
+        assert!(N > 0 && x.len() == g * N && ls.len() == g * N && scales.len() == g);
+        let xt = transpose::<N, V>(x);
+        let zero = _mm256_setzero_ps();
+        let sign = _mm256_set1_ps(-0.0);
+        let lo = _mm256_set1_epi32(-nmax);
+        let hi = _mm256_set1_epi32(nmax - 1);
+        let clamp = |l: __m256i| _mm256_min_epi32(_mm256_max_epi32(l, lo), hi);
+        let mut amax = [zero; V];
+        let mut max = [zero; V];
+        for xti in &xt {
+            for v in 0..V {
+                let xi = ld(&xti[v]);
+                let ax = _mm256_andnot_ps(sign, xi);
+                let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[v]);
+                amax[v] = sel(amax[v], ax, gt);
+                max[v] = sel(max[v], xi, gt);
+            }
+        }
+        let mut iscale = [zero; V];
+        for v in 0..V {
+            iscale[v] = _mm256_div_ps(_mm256_set1_ps(-(nmax as f32)), max[v]);
+        }
+        // Current levels as floats (small integers, exact).
+        let mut lf = [[zero; V]; N];
+        let mut sumlx = [zero; V];
+        let mut suml2 = [zero; V];
+        for i in 0..N {
+            for v in 0..V {
+                let xi = ld(&xt[i][v]);
+                let l = _mm256_cvtepi32_ps(clamp(nearest_int(_mm256_mul_ps(iscale[v], xi))));
+                lf[i][v] = l;
+                let w = _mm256_mul_ps(xi, xi);
+                sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(_mm256_mul_ps(w, xi), l));
+                suml2[v] = _mm256_add_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w, l), l));
+            }
+        }
+        for _ in 0..5 {
+            let mut changed = _mm256_setzero_ps();
+            for i in 0..N {
+                for v in 0..V {
+                    let xi = ld(&xt[i][v]);
+                    let w = _mm256_mul_ps(xi, xi);
+                    let cur = lf[i][v];
+                    let wx = _mm256_mul_ps(w, xi);
+                    let mut slx = _mm256_sub_ps(sumlx[v], _mm256_mul_ps(wx, cur));
+                    let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero);
+                    let mut sl2 =
+                        _mm256_sub_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w, cur), cur));
+                    let new_l = _mm256_cvtepi32_ps(clamp(nearest_int(_mm256_div_ps(
+                        _mm256_mul_ps(xi, sl2),
+                        slx,
+                    ))));
+                    let differs = _mm256_cmp_ps::<_CMP_NEQ_OQ>(new_l, cur);
+                    slx = _mm256_add_ps(slx, _mm256_mul_ps(wx, new_l));
+                    sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w, new_l), new_l));
+                    let better = _mm256_and_ps(
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(sl2, zero),
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(
+                            _mm256_mul_ps(_mm256_mul_ps(slx, slx), suml2[v]),
+                            _mm256_mul_ps(_mm256_mul_ps(sumlx[v], sumlx[v]), sl2),
+                        ),
+                    );
+                    let acc = _mm256_and_ps(_mm256_and_ps(pos, differs), better);
+                    lf[i][v] = sel(cur, new_l, acc);
+                    sumlx[v] = sel(sumlx[v], slx, acc);
+                    suml2[v] = sel(suml2[v], sl2, acc);
+                    changed = _mm256_or_ps(changed, acc);
+                }
+            }
+            if _mm256_movemask_ps(changed) == 0 {
+                break;
+            }
+        }
+        let nmax_i = _mm256_set1_epi32(nmax);
+        let eps = _mm256_set1_ps(GROUP_MAX_EPS);
+        let mut lv = [0i32; 8];
+        let mut out = [0f32; 8];
+        for v in 0..V {
+            let small = _mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], eps);
+            let small_i = _mm256_castps_si256(small);
+            for i in 0..N {
+                let l = _mm256_add_epi32(_mm256_cvtps_epi32(lf[i][v]), nmax_i);
+                st_i(&mut lv, _mm256_andnot_si256(small_i, l));
+                for (k, &l) in lv.iter().enumerate() {
+                    ls[(8 * v + k) * N + i] = l as i8;
+                }
+            }
+            let s = _mm256_div_ps(sumlx[v], suml2[v]);
+            let s = sel(zero, s, _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[v], zero));
+            st(&mut out, sel(s, zero, small));
+            scales[8 * v..8 * v + 8].copy_from_slice(&out);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -590,6 +726,19 @@ mod tests {
         check_qkx::<16, 2>(p(3, -0.5, 0.1, 15, true), true);
         check_qkx::<16, 2>(p(3, -0.9, 0.05, 36, false), false);
         check_qkx::<16, 1>(p(3, -0.5, 0.1, 0, true), true);
+    }
+
+    #[test]
+    fn simd_q3_matches_scalar() {
+        for x in cases(16 * 16) {
+            let (mut l1, mut l2) = (vec![0i8; 256], vec![0i8; 256]);
+            let (mut s1, mut s2) = (vec![0f32; 16], vec![0f32; 16]);
+            make_q3_groups_scalar::<16, 2>(4, &x, &mut l1, &mut s1);
+            make_q3_groups::<16, 2>(4, &x, &mut l2, &mut s2);
+            assert_eq!(l1, l2, "levels");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&s1), bits(&s2), "scales");
+        }
     }
 
     #[test]

@@ -57,6 +57,40 @@ pub(crate) fn pack_nibbles(levels: &[u8; QK]) -> [u8; QK / 2] {
     qs
 }
 
+/// The element of largest magnitude with its sign, as C's `if (amax < fabsf(v)) { amax =
+/// fabsf(v); max = v; }` loop finds it (the first such element; 0 if every |x| is 0 or NaN).
+///
+/// Exists because C's loop is a 32-long chain of dependent compares: the maximum magnitude is
+/// the same whatever order it is taken in (NaN ignored as C ignores it; equal magnitudes have
+/// equal bits), so it is reduced in 8 independent lanes, and the first element reaching it is
+/// the one C's last update stored.
+#[inline]
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            let av = v.abs();
+            // `a < av ? av : a`: ignores NaN like C's comparison.
+            *a = if *a < av { av } else { *a };
+        }
+    }
+    let mut amax = 0f32;
+    for a in acc
+        .into_iter()
+        .chain(chunks.remainder().iter().map(|v| v.abs()))
+    {
+        if amax < a {
+            amax = a;
+        }
+    }
+    if amax > 0.0 {
+        x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    } else {
+        0.0
+    }
+}
+
 /// The 5th bits of 32 levels as `qh`: bit j = bit 4 of L[j], bit j+16 = bit 4 of L[j+16].
 #[inline]
 pub(crate) fn pack_high_bits(levels: &[u8; QK]) -> u32 {
@@ -121,6 +155,37 @@ pub(crate) fn put(out: &mut [u8], at: usize, src: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_absmax_matches_the_c_loop() {
+        let c_loop = |x: &[f32]| {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in x {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            max
+        };
+        let rows: [&[f32]; 8] = [
+            &[0.0; 32],
+            &[-0.0; 32],
+            &[1.0, -1.0, 2.0, -2.0, 0.5, 2.0, -2.0, 0.0],
+            &[-3.0, 3.0, 1.0, f32::NAN, -3.0],
+            &[f32::NAN, 0.0, -0.0],
+            &[f32::NAN, -1e-30, 1e-30],
+            &[0.1, 0.2, -0.7, 0.7, 0.69, -0.1, 0.3, 0.2, 0.1, -0.7, 0.7],
+            &[],
+        ];
+        for x in rows {
+            assert_eq!(signed_absmax(x).to_bits(), c_loop(x).to_bits(), "{x:?}");
+        }
+        let long: Vec<f32> = (0..32)
+            .map(|i| ((i * 7919 % 31) as f32 - 15.0) * 0.1)
+            .collect();
+        assert_eq!(signed_absmax(&long).to_bits(), c_loop(&long).to_bits());
+    }
 
     #[test]
     fn packing_roundtrips_five_bit_levels() {

@@ -32,4 +32,5 @@ mod q8_0;
 mod rows;
 mod search;
 
+pub use cast::{f32_view, first_non_finite};
 pub use rows::{dequantize_rows, quantize_rows, supports, QuantizeError};

@@ -9,7 +9,8 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::k_scales::{f16_to_f32, pack_2bit, QK_K};
-use crate::search::{make_q3_quants, make_qx_quants, nearest_int};
+use crate::lanes::make_q3_groups;
+use crate::search::{make_qx_quants, nearest_int};
 use formats::ggml_type::GgmlType;
 
 /// `block_q3_K`: `uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; ggml_half d;`.
@@ -137,8 +138,9 @@ impl Block for BlockQ3K {
         let mut scales = [0f32; 16];
         let mut max_scale = 0f32;
         let mut amax = 0f32;
+        // make_q3_quants(16, 4, …, true) on the 16 groups, one per lane.
+        make_q3_groups::<16, 2>(4, x, &mut levels, &mut scales);
         for j in 0..16 {
-            scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut levels[16 * j..], true);
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;

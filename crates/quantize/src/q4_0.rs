@@ -8,7 +8,9 @@
 
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
-use crate::legacy::{for_each_weighted_block, le_bytes, le_u16, pack_nibbles, put, unpack, QK};
+use crate::legacy::{
+    for_each_weighted_block, le_bytes, le_u16, pack_nibbles, put, signed_absmax, unpack, QK,
+};
 use crate::search::{c_trunc_u8, make_qx_quants};
 use formats::ggml_type::GgmlType;
 
@@ -49,14 +51,7 @@ impl Block for BlockQ4_0 {
     const BYTES: usize = 18;
 
     fn quantize(x: &[f32]) -> Self {
-        let mut amax = 0f32;
-        let mut max = 0f32;
-        for &v in x {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let max = signed_absmax(x);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut qs = [0u8; QK / 2];

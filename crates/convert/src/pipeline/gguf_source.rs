@@ -103,31 +103,47 @@ impl TensorRows for GgufTensor<'_> {
         };
         let n = rows.saturating_mul(self.row_len);
         let same = in_ty == self.job.ggml_type;
+        let Bufs { f32s, bytes } = bufs;
         // Validate what llama.cpp's loader validates (every tensor it reads): non-finite values.
-        // A copied tensor of a type r1q cannot decode is copied unchecked.
-        if !same || quantize::supports(in_ty) {
-            bufs.f32s.resize(n, 0.0);
-            quantize::dequantize_rows(in_ty, src, &mut bufs.f32s).map_err(quant)?;
-            check_finite(&self.info.name, &bufs.f32s, start, self.row_len)?;
+        // A copied tensor of a type r1q cannot decode is copied unchecked. F32 input is read
+        // in place from the mapping when aligned (no copy); anything else is decoded into the
+        // chunk's buffer.
+        let values: Option<&[f32]> = if !same || quantize::supports(in_ty) {
+            match (in_ty == GgmlType::F32)
+                .then(|| quantize::f32_view(src))
+                .flatten()
+            {
+                Some(v) => Some(v),
+                None => {
+                    f32s.resize(n, 0.0);
+                    quantize::dequantize_rows(in_ty, src, f32s).map_err(quant)?;
+                    Some(&f32s[..])
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(v) = values {
+            check_finite(&self.info.name, v, start, self.row_len)?;
         }
         if same {
-            bufs.bytes.clear();
-            bufs.bytes.extend_from_slice(src);
+            bytes.clear();
+            bytes.extend_from_slice(src);
             return Ok(());
         }
-        bufs.bytes
-            .resize(rows.saturating_mul(self.out_row_bytes), 0);
+        let values = values.unwrap_or_default();
+        bytes.resize(rows.saturating_mul(self.out_row_bytes), 0);
         let per_slice =
             usize::try_from(self.info.dims.get(1).copied().unwrap_or(1)).unwrap_or(usize::MAX);
         quantize_chunk(
             &self.info.name,
             self.job.ggml_type,
-            &bufs.f32s,
+            values,
             self.row_len,
             start,
             per_slice,
             self.job.weights.as_deref(),
-            &mut bufs.bytes,
+            bytes,
         )
     }
 

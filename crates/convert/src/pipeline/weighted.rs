@@ -182,13 +182,14 @@ pub(crate) fn check_finite(
     start_row: usize,
     row_len: usize,
 ) -> Result<()> {
-    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+    if let Some(i) = quantize::first_non_finite(values) {
+        let v = values[i];
         let index = start_row.saturating_mul(row_len).saturating_add(i);
         return Err(ConvertError::NonFinite {
             tensor: name.to_string(),
             index: index as u64,
             row: (index / row_len.max(1)) as u64,
-            value: *v,
+            value: v,
         });
     }
     Ok(())
