@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use ::verify::kld::{self, BaseHeader, BaseReader, BaseWriter};
 use ::verify::ppl::{self, ChunkPlan, Event, Mode};
-use ::verify::Engine;
+use ::verify::{Device, Engine};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -43,6 +43,10 @@ pub struct Args {
     /// Evaluate the chunks in groups whose peak memory stays below BYTES.
     #[arg(long, value_name = "BYTES")]
     max_memory: Option<u64>,
+    /// Where the forward pass runs: cpu, cuda or cuda:N (cuda needs a build with --features
+    /// cuda and an NVIDIA driver).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
 }
 
 /// A layer progress bar on stderr, hidden when stderr is not a terminal.
@@ -61,8 +65,12 @@ pub fn layer_bar(len: u64) -> ProgressBar {
 /// Runs `r1q perplexity`.
 pub fn run(args: &Args) -> Result<()> {
     set_threads(args.threads)?;
+    let device: Device = args.device.parse()?;
     let model = open_model(&args.model)?;
-    let engine = Engine::new(&model.source)?;
+    let engine = Engine::new_with_device(&model.source, device)?;
+    if device != Device::Cpu {
+        eprintln!("perplexity: device {}", engine.backend().describe());
+    }
     let n_vocab = engine.config().n_vocab;
     let tok = &model.tokenizer;
     if tok.n_vocab() != n_vocab {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ::verify::kld::{BaseHeader, BaseReader, BaseWriter};
 use ::verify::ppl::{self, ChunkPlan, Event, Mode};
-use ::verify::{Engine, WeightSource};
+use ::verify::{Backend, Device, Engine, WeightSource};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
@@ -45,6 +45,10 @@ pub struct Args {
     /// Evaluate the chunks in groups whose peak memory stays below BYTES.
     #[arg(long, value_name = "BYTES")]
     max_memory: Option<u64>,
+    /// Where the forward pass runs: cpu, cuda or cuda:N (cuda needs a build with --features
+    /// cuda and an NVIDIA driver).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
 }
 
 /// One row of the table.
@@ -77,14 +81,29 @@ pub struct Table {
     pub rows: Vec<Row>,
 }
 
-/// Evaluates BASE once, then every QUANT against it, on `plan`'s chunks.
+/// Evaluates BASE once, then every QUANT against it, on `plan`'s chunks, on the CPU.
 pub fn measure(
     base: &Model,
     quants: &[Model],
     plan: &ChunkPlan,
     max_memory: Option<u64>,
 ) -> Result<Table> {
-    let engine = Engine::new(&base.source)?;
+    measure_on(base, quants, plan, max_memory, Device::Cpu)
+}
+
+/// [`measure`] with the forward passes on `device` (one backend shared by all models).
+pub fn measure_on(
+    base: &Model,
+    quants: &[Model],
+    plan: &ChunkPlan,
+    max_memory: Option<u64>,
+    device: Device,
+) -> Result<Table> {
+    let backend: std::sync::Arc<dyn Backend> = ::verify::backend::open(device)?;
+    if device != Device::Cpu {
+        eprintln!("verify: device {}", backend.describe());
+    }
+    let engine = Engine::new(&base.source)?.with_backend(backend.clone());
     let n_vocab = engine.config().n_vocab;
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
     let base_file = tmp.path().join("base.kld");
@@ -123,7 +142,7 @@ pub fn measure(
         kld: None,
     }];
     for (i, q) in quants.iter().enumerate() {
-        let engine = Engine::new(&q.source)?;
+        let engine = Engine::new(&q.source)?.with_backend(backend.clone());
         let nv = engine.config().n_vocab;
         if nv != n_vocab {
             bail!(
@@ -300,6 +319,7 @@ pub fn plan_text(
 /// Runs `r1q verify`.
 pub fn run(args: &Args) -> Result<()> {
     set_threads(args.threads)?;
+    let device: Device = args.device.parse()?;
     // Cheap checks first: a missing text file fails before any model is opened.
     read_text(&args.file)?;
     let base = open_model(&args.base)?;
@@ -309,6 +329,6 @@ pub fn run(args: &Args) -> Result<()> {
         .map(|p| open_model(p))
         .collect::<Result<Vec<_>>>()?;
     let plan = plan_text(&base, &args.file, args.ctx_size, args.chunks)?;
-    let table = measure(&base, &quants, &plan, args.max_memory)?;
+    let table = measure_on(&base, &quants, &plan, args.max_memory, device)?;
     print(&table, args.json)
 }

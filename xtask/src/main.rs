@@ -2,6 +2,7 @@
 
 mod bench;
 mod fixture;
+mod gpu_check;
 mod peer;
 mod real_model;
 mod test;
@@ -20,6 +21,8 @@ struct Cli {
 enum Task {
     /// Write a tiny, deterministic checkpoint in the exact layout of a real release.
     Fixture(fixture::Args),
+    /// On a GPU machine: build with --features cuda and compare CUDA against the CPU path.
+    GpuCheck(gpu_check::Args),
     /// Run the whole test suite after preparing what it needs (the Python venv under target/).
     Test(test::Args),
     /// Measure throughput and print a table.
@@ -37,6 +40,7 @@ fn main() {
     }
     let result = match cli.task {
         Task::Fixture(args) => fixture::run(args),
+        Task::GpuCheck(args) => gpu_check::run(args),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Peer(args) => peer::run(args),

@@ -27,8 +27,10 @@
 //! group re-reads every layer (the price of the bound).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::arch::{self, ArchSpec};
+use crate::backend::{self, Backend, BackendSource, Device};
 use crate::config::ModelConfig;
 use crate::error::{Result, VerifyError};
 use crate::ops::{self, attention::ATTN_Q_BLOCK};
@@ -91,6 +93,8 @@ pub struct LayerCtx<'a> {
     /// The model's hyper-parameters.
     pub config: &'a ModelConfig,
     observer: Option<&'a dyn LayerObserver>,
+    /// Runs the matmuls; `None` = [`ops::matmul`] on the CPU.
+    backend: Option<&'a dyn Backend>,
 }
 
 impl<'a> LayerCtx<'a> {
@@ -104,13 +108,28 @@ impl<'a> LayerCtx<'a> {
             layer,
             config,
             observer,
+            backend: None,
+        }
+    }
+
+    /// The same context with its matmuls on `backend` (the engine's device).
+    pub fn with_backend(mut self, backend: &'a dyn Backend) -> LayerCtx<'a> {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// `x · wᵀ` on the context's backend (the CPU's [`ops::matmul`] without one).
+    fn product(&self, weight_name: &str, x: &Mat, w: &Mat) -> Mat {
+        match self.backend {
+            Some(b) => b.matmul(weight_name, x, w),
+            None => ops::matmul(x, w),
         }
     }
 
     /// `x · wᵀ` ([`ops::matmul`]), first showing `x` to the observer under `weight_name`.
     pub fn matmul(&self, weight_name: &str, x: &Mat, w: &Mat) -> Mat {
         self.observe(weight_name, x);
-        ops::matmul(x, w)
+        self.product(weight_name, x, w)
     }
 
     /// `x · wᵀ` for expert `expert` of an MoE tensor, `x` holding only the rows routed to it.
@@ -118,7 +137,7 @@ impl<'a> LayerCtx<'a> {
         if let Some(o) = self.observer {
             o.on_expert_matmul(self.layer, weight_name, expert, x);
         }
-        ops::matmul(x, w)
+        self.product(weight_name, x, w)
     }
 
     /// Reports `x` as the input of expert `expert` of the 3-D MoE tensor `weight_name` without
@@ -208,6 +227,8 @@ pub struct Engine<'a> {
     source: &'a dyn WeightSource,
     config: ModelConfig,
     spec: ArchSpec,
+    /// The device of the heavy ops (`backend.rs`); the CPU unless chosen otherwise.
+    backend: Arc<dyn Backend>,
 }
 
 impl<'a> Engine<'a> {
@@ -220,7 +241,26 @@ impl<'a> Engine<'a> {
             source,
             config,
             spec,
+            backend: Arc::new(backend::CpuBackend),
         })
+    }
+
+    /// [`Engine::new`] on `device` (`--device`): a clear error when the device cannot be used
+    /// (no `cuda` feature, no driver, no GPU), never a panic.
+    pub fn new_with_device(source: &'a dyn WeightSource, device: Device) -> Result<Engine<'a>> {
+        let backend = backend::open(device)?;
+        Ok(Engine::new(source)?.with_backend(backend))
+    }
+
+    /// The same engine with its matmuls and weight dequantization on `backend`.
+    pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Engine<'a> {
+        self.backend = backend;
+        self
+    }
+
+    /// The backend running the heavy ops.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
     }
 
     /// The model's hyper-parameters.
@@ -372,13 +412,23 @@ impl<'a> Engine<'a> {
         let embd_dims = vec![c.n_embd as u64, c.n_vocab as u64];
         arch::check_dims(self.source, "token_embd.weight", &embd_dims)?;
         let embd = self.source.load_rows_f32("token_embd.weight", &tokens)?;
+        // Layer weights reach a device backend as raw bytes (dequantized there); the CPU
+        // backend reads the source directly.
+        let wrapped = BackendSource::new(self.source, &*self.backend);
+        let source: &dyn WeightSource = if self.backend.dequantizes() {
+            &wrapped
+        } else {
+            self.source
+        };
         let mut x = Mat::from_vec(tokens.len(), c.n_embd, embd);
 
         for layer in 0..c.n_layer {
             progress(layer);
-            let block = (self.spec.load)(self.source, c, layer)?;
-            let mut ctx = LayerCtx::new(layer, c, opts.observer);
+            let block = (self.spec.load)(source, c, layer)?;
+            let mut ctx = LayerCtx::new(layer, c, opts.observer).with_backend(&*self.backend);
             block.forward(&mut x, &spans, &mut ctx)?;
+            drop(block);
+            self.backend.end_layer()?;
         }
         progress(c.n_layer);
 
@@ -401,8 +451,8 @@ impl<'a> Engine<'a> {
         } else {
             "token_embd.weight"
         };
-        let w_out = arch::load_matrix(self.source, out_name, c.n_vocab, c.n_embd)?;
-        let ctx = LayerCtx::new(c.n_layer, c, opts.observer);
+        let w_out = arch::load_matrix(source, out_name, c.n_vocab, c.n_embd)?;
+        let ctx = LayerCtx::new(c.n_layer, c, opts.observer).with_backend(&*self.backend);
         let batch = (LOGIT_BATCH_BYTES / (4 * c.n_vocab.max(1))).max(1);
         for chunk in wanted.chunks(batch) {
             let mut h = Mat::zeros(chunk.len(), c.n_embd);
@@ -415,6 +465,7 @@ impl<'a> Engine<'a> {
                 on_logits(si, pos, logits.row(i));
             }
         }
+        self.backend.end_layer()?;
         Ok(())
     }
 }

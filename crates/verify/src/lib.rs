@@ -10,7 +10,9 @@
 //! observer hooks), [`arch`] (one block type per architecture).
 
 pub mod arch;
+pub mod backend;
 pub mod config;
+pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod ops;
@@ -20,6 +22,7 @@ pub mod kld;
 pub mod ppl;
 pub mod tokenize;
 
+pub use backend::{Backend, Device, DeviceError};
 pub use config::{Arch, Deepseek2Params, ModelConfig};
 pub use engine::{Block, Engine, EvalOptions, LayerCtx, LayerObserver, LogitPositions, Progress};
 pub use error::VerifyError;

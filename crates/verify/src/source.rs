@@ -85,6 +85,14 @@ pub trait WeightSource: Sync {
         Ok(())
     }
 
+    /// The tensor's bytes as stored, for dequantization on a device
+    /// ([`crate::backend::Backend::dequantize`]) without a host f32 copy. `None` (the default)
+    /// when the source has no such bytes; the f32 loaders above are then used.
+    fn raw(&self, name: &str) -> Option<crate::backend::RawTensor<'_>> {
+        let _ = name;
+        None
+    }
+
     /// One line naming the source for messages: `GGUF file /x/y.gguf`, `HF checkpoint /dir`.
     fn description(&self) -> String;
 
@@ -261,6 +269,14 @@ impl WeightSource for GgufSource {
             .get(a * row_bytes..b * row_bytes)
             .ok_or_else(|| self.data_error(name, ty, "data shorter than its dims"))?;
         quantize::dequantize_rows(ty, src, out).map_err(|e| self.data_error(name, ty, e))
+    }
+
+    fn raw(&self, name: &str) -> Option<crate::backend::RawTensor<'_>> {
+        let info = self.file.tensor(name)?;
+        Some(crate::backend::RawTensor::Ggml {
+            ty: info.ggml_type,
+            data: self.file.tensor_data(info),
+        })
     }
 
     fn description(&self) -> String {

@@ -1,0 +1,434 @@
+//! The part of the CUDA backend that talks to the driver (cudarc, libraries loaded at run time).
+//!
+//! Why everything sits behind one mutex: blocks may call `matmul` from rayon workers, and the
+//! backend uses one stream, one cuBLAS handle and one weight cache; serialising the calls keeps
+//! the stream order trivially correct (the GPU is busy with one large GEMM at a time anyway).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+
+use super::kernels::{self, kernel_for, launch_dims, FP8_KERNEL, KERNELS};
+use super::{gemm_params, Op};
+use crate::backend::{check_fp8, Backend, Device, DeviceError, RawTensor};
+use crate::ops;
+use crate::tensor::Mat;
+
+/// Fraction of the free device memory (measured at start) that resident weights may use; the
+/// rest is left for the activations and cuBLAS's workspace.
+const WEIGHT_BUDGET_FRACTION: f64 = 0.6;
+
+/// A dequantized weight (or row range of one) kept on the device until the layer ends.
+struct Resident {
+    /// Address of the host copy the block holds (the `Vec` the source returned), so `matmul`
+    /// recognises the weight it is handed without comparing values.
+    host_ptr: usize,
+    /// Values in the host copy (`rows · width`).
+    len: usize,
+    /// The f32 values, row-major `[rows, width]`.
+    buf: CudaSlice<f32>,
+}
+
+/// What the mutex guards.
+struct State {
+    /// Weights of the current layer by GGUF name (the latest row range of each).
+    resident: HashMap<String, Resident>,
+    /// Bytes held by `resident`.
+    resident_bytes: usize,
+    /// The first device error since the last `end_layer`.
+    error: Option<DeviceError>,
+}
+
+/// cuBLAS + NVRTC kernels on one GPU. See the module docs of [`crate::cuda`] for what runs
+/// here and what stays on the CPU.
+pub struct CudaBackend {
+    ordinal: usize,
+    label: String,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    /// Kept alive for the functions loaded from it.
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+    weight_budget: usize,
+    state: Mutex<State>,
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`: checks that the driver, cuBLAS and NVRTC libraries can be loaded
+    /// (cudarc panics on first use otherwise), creates the context, the cuBLAS handle, and
+    /// compiles the dequantization kernels. Every failure is a [`DeviceError`], never a panic.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, DeviceError> {
+        let device = Device::Cuda(ordinal);
+        // SAFETY: these only try to dlopen the library by its usual names and report whether
+        // that worked; no symbol is called.
+        let (driver, cublas, nvrtc) = unsafe {
+            (
+                cudarc::driver::sys::is_culib_present(),
+                cudarc::cublas::sys::is_culib_present(),
+                cudarc::nvrtc::sys::is_culib_present(),
+            )
+        };
+        if !driver {
+            return Err(DeviceError::NoDriver(device));
+        }
+        for (present, lib) in [(cublas, "libcublas.so"), (nvrtc, "libnvrtc.so")] {
+            if !present {
+                return Err(DeviceError::NoLibrary { device, lib });
+            }
+        }
+        // cudarc panics when a library lacks a symbol it expects (a driver older than the
+        // CUDA 13.0 API it was built for); turn that into an error too.
+        match catch_unwind(AssertUnwindSafe(|| CudaBackend::init(ordinal))) {
+            Ok(r) => r,
+            Err(_) => Err(DeviceError::Init {
+                device,
+                problem: "the CUDA libraries failed to initialise (a driver older than CUDA 13.0?)"
+                    .into(),
+            }),
+        }
+    }
+
+    fn init(ordinal: usize) -> Result<CudaBackend, DeviceError> {
+        let device = Device::Cuda(ordinal);
+        let init = |problem: String| DeviceError::Init { device, problem };
+        let count = CudaContext::device_count().map_err(|e| init(format!("cuInit: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(init(format!(
+                "no such GPU: this machine has {count} CUDA device(s)"
+            )));
+        }
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| init(format!("creating a context: {e}")))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| init(format!("cuBLAS: {e}")))?;
+        let opts = CompileOptions {
+            // Separate multiplies and adds, as the CPU reference rounds them.
+            fmad: Some(false),
+            name: Some("r1q_dequant.cu".into()),
+            ..CompileOptions::default()
+        };
+        let ptx = compile_ptx_with_opts(kernels::SOURCE, opts)
+            .map_err(|e| init(format!("NVRTC compiling the dequantization kernels: {e}")))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| init(format!("loading the kernels: {e}")))?;
+        let mut functions = HashMap::new();
+        for name in KERNELS.iter().map(|k| k.kernel).chain([FP8_KERNEL]) {
+            let f = module
+                .load_function(name)
+                .map_err(|e| init(format!("kernel {name}: {e}")))?;
+            functions.insert(name, f);
+        }
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let (free, total) = ctx
+            .mem_get_info()
+            .map_err(|e| init(format!("querying memory: {e}")))?;
+        Ok(CudaBackend {
+            ordinal,
+            label: format!(
+                "cuda:{ordinal} ({name}, {:.0} GiB, {:.0} GiB free)",
+                total as f64 / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64
+            ),
+            ctx,
+            stream,
+            blas,
+            _module: module,
+            functions,
+            weight_budget: (free as f64 * WEIGHT_BUDGET_FRACTION) as usize,
+            state: Mutex::new(State {
+                resident: HashMap::new(),
+                resident_bytes: 0,
+                error: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only a cache behind; keep using it.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn function(&self, name: &str) -> Result<&CudaFunction, String> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| format!("kernel {name} was not loaded"))
+    }
+
+    /// Launches a `(src, dst, n)` dequantization kernel over `n` elements.
+    fn launch_ggml(
+        &self,
+        kernel: &str,
+        src: &CudaSlice<u8>,
+        dst: &mut CudaSlice<f32>,
+        n: u64,
+    ) -> Result<(), String> {
+        let Some((grid, threads)) = launch_dims(n) else {
+            return Ok(());
+        };
+        let f = self.function(kernel)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut args = self.stream.launch_builder(f);
+        args.arg(src).arg(dst).arg(&n);
+        // SAFETY: the kernel reads bytes (i / QK)·BYTES .. +BYTES of `src` for i < n, and the
+        // caller sized `src` to n/QK whole blocks (checked against the type's row size) and
+        // `dst` to n floats; argument types match the kernel's (const u8*, float*, u64).
+        unsafe { args.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Dequantizes on the device; returns the device buffer and copies it into `out`.
+    fn dequantize_device(
+        &self,
+        raw: RawTensor<'_>,
+        width: usize,
+        rows: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<CudaSlice<f32>, String> {
+        let n = out.len();
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let mut dst = self
+            .stream
+            .alloc_zeros::<f32>(n.max(1))
+            .map_err(|e| e.to_string())?;
+        match raw {
+            RawTensor::Ggml { ty, data } => {
+                let k = kernel_for(ty).ok_or_else(|| format!("no GPU kernel for {ty}"))?;
+                let row_bytes = ty
+                    .row_size(width as u64)
+                    .ok_or_else(|| format!("row length {width} is not whole {ty} blocks"))?
+                    as usize;
+                let bytes = data
+                    .get(rows.start * row_bytes..rows.end * row_bytes)
+                    .ok_or_else(|| format!("rows {rows:?} lie beyond the tensor's data"))?;
+                let blocks = n / k.block as usize;
+                if n % k.block as usize != 0 || blocks * k.bytes as usize != bytes.len() {
+                    return Err(format!(
+                        "{} bytes of {ty} cannot hold {n} values",
+                        bytes.len()
+                    ));
+                }
+                let src = self.stream.clone_htod(bytes).map_err(|e| e.to_string())?;
+                self.launch_ggml(k.kernel, &src, &mut dst, n as u64)?;
+            }
+            RawTensor::Fp8Block {
+                data,
+                scales,
+                rows: n_rows,
+                cols,
+                block,
+            } => {
+                check_fp8(data, scales, n_rows, cols, block)?;
+                if cols != width || rows.end > n_rows || n != rows.len() * cols {
+                    return Err(format!(
+                        "FP8 tensor is [{n_rows}, {cols}], rows {rows:?} × {width} requested"
+                    ));
+                }
+                let scale_values: Vec<f32> = scales
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let src = self
+                    .stream
+                    .clone_htod(&data[rows.start * cols..rows.end * cols])
+                    .map_err(|e| e.to_string())?;
+                let sc = self
+                    .stream
+                    .clone_htod(&scale_values)
+                    .map_err(|e| e.to_string())?;
+                if let Some((grid, threads)) = launch_dims(n as u64) {
+                    let f = self.function(FP8_KERNEL)?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (grid, 1, 1),
+                        block_dim: (threads, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    let (n64, cols64, row0) = (n as u64, cols as u64, rows.start as u64);
+                    let scale_cols = cols.div_ceil(block[1]) as u64;
+                    let (b0, b1) = (block[0] as u64, block[1] as u64);
+                    let mut args = self.stream.launch_builder(f);
+                    args.arg(&src)
+                        .arg(&sc)
+                        .arg(&mut dst)
+                        .arg(&n64)
+                        .arg(&cols64)
+                        .arg(&row0)
+                        .arg(&scale_cols)
+                        .arg(&b0)
+                        .arg(&b1);
+                    // SAFETY: `src` holds exactly the n = rows·cols bytes of the requested rows,
+                    // `sc` the whole ⌈rows/b0⌉·⌈cols/b1⌉ grid (check_fp8), so every index the
+                    // kernel forms (i < n; scale row (row0 + i/cols)/b0 < ⌈rows/b0⌉) is in
+                    // bounds; `dst` holds n floats; argument types match the kernel signature.
+                    unsafe { args.launch(cfg) }.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        self.stream
+            .memcpy_dtoh(&dst, out)
+            .map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())?;
+        Ok(dst)
+    }
+
+    /// `y = x · wᵀ` on cuBLAS, with w's device copy if it is resident.
+    fn matmul_device(&self, state: &State, name: &str, x: &Mat, w: &Mat) -> Result<Mat, String> {
+        let p = gemm_params(x.rows, x.cols, w.rows)?;
+        let mut y = Mat::zeros(x.rows, w.rows);
+        if x.rows == 0 || w.rows == 0 {
+            return Ok(y);
+        }
+        if x.cols == 0 {
+            return Ok(y);
+        }
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let uploaded;
+        let w_dev: &CudaSlice<f32> = match state.resident.get(name) {
+            Some(r) if r.host_ptr == w.data.as_ptr() as usize && r.len == w.data.len() => &r.buf,
+            _ => {
+                uploaded = self.stream.clone_htod(&w.data).map_err(|e| e.to_string())?;
+                &uploaded
+            }
+        };
+        let x_dev = self.stream.clone_htod(&x.data).map_err(|e| e.to_string())?;
+        let mut y_dev = self
+            .stream
+            .alloc_zeros::<f32>(y.data.len())
+            .map_err(|e| e.to_string())?;
+        let op = |o: Op| match o {
+            Op::N => cublasOperation_t::CUBLAS_OP_N,
+            Op::T => cublasOperation_t::CUBLAS_OP_T,
+        };
+        let cfg = GemmConfig {
+            transa: op(p.transa),
+            transb: op(p.transb),
+            m: p.m,
+            n: p.n,
+            k: p.k,
+            alpha: 1.0f32,
+            lda: p.lda,
+            ldb: p.ldb,
+            beta: 0.0f32,
+            ldc: p.ldc,
+        };
+        // SAFETY: gemm_params maps the row-major shapes to column-major ones that address
+        // exactly w's out·in, x's T·in and y's T·out floats (tested in cuda/tests.rs against
+        // an emulation of SGEMM); the three buffers were allocated with those lengths.
+        unsafe { self.blas.gemm(cfg, w_dev, &x_dev, &mut y_dev) }.map_err(|e| e.to_string())?;
+        self.stream
+            .memcpy_dtoh(&y_dev, &mut y.data)
+            .map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())?;
+        Ok(y)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn matmul(&self, name: &str, x: &Mat, w: &Mat) -> Mat {
+        assert_eq!(x.cols, w.cols, "matmul: input widths differ");
+        let mut state = self.lock();
+        if state.error.is_none() {
+            match self.matmul_device(&state, name, x, w) {
+                Ok(y) => return y,
+                Err(problem) => {
+                    state.error = Some(DeviceError::Runtime {
+                        during: format!("matmul {name}"),
+                        problem,
+                    });
+                }
+            }
+        }
+        drop(state);
+        // The error is reported at the end of the layer; the CPU result keeps the numbers right.
+        ops::matmul(x, w)
+    }
+
+    fn dequantizes(&self) -> bool {
+        true
+    }
+
+    fn dequantize(
+        &self,
+        name: &str,
+        raw: RawTensor<'_>,
+        width: usize,
+        rows: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        if let Some(old) = state.resident.remove(name) {
+            state.resident_bytes -= old.len * 4;
+        }
+        let buf = match self.dequantize_device(raw, width, rows.clone(), out) {
+            Ok(buf) => buf,
+            Err(problem) => {
+                drop(state);
+                // Unsupported types (or a device failure) fall back to the CPU reference;
+                // a device failure is also reported at the end of the layer.
+                if raw_supported(raw) {
+                    let mut s = self.lock();
+                    s.error.get_or_insert(DeviceError::Runtime {
+                        during: format!("dequantize {name}"),
+                        problem,
+                    });
+                }
+                return crate::backend::dequantize_cpu(raw, width, rows, out);
+            }
+        };
+        let bytes = out.len() * 4;
+        if state.resident_bytes + bytes <= self.weight_budget {
+            state.resident_bytes += bytes;
+            state.resident.insert(
+                name.to_string(),
+                Resident {
+                    host_ptr: out.as_ptr() as usize,
+                    len: out.len(),
+                    buf,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn end_layer(&self) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        state.resident.clear();
+        state.resident_bytes = 0;
+        match state.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether the device has a kernel for `raw` (otherwise the CPU reference is used, silently).
+fn raw_supported(raw: RawTensor<'_>) -> bool {
+    match raw {
+        RawTensor::Ggml { ty, .. } => kernel_for(ty).is_some(),
+        RawTensor::Fp8Block { .. } => true,
+    }
+}

@@ -1,0 +1,406 @@
+//! CPU twins of the CUDA backend: the cuBLAS parameter mapping checked by emulating
+//! column-major SGEMM, the launch geometry, the kernel table, and the kernels' own C source run
+//! on the host (compiled with the system C compiler, skipped with a message when there is none)
+//! against `quantize::dequantize_rows` and the FP8 table, bit for bit.
+
+use std::path::Path;
+use std::process::Command;
+
+use formats::ggml_type::GgmlType;
+
+use super::kernels::{launch_dims, KERNELS, MAX_GRID, SOURCE, THREADS};
+use super::{gemm_params, GemmParams, Op};
+use crate::backend::{dequantize_cpu, RawTensor};
+use crate::ops;
+use crate::tensor::Mat;
+
+/// Deterministic pseudo-random values in about [-2, 2) (xorshift).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// Column-major SGEMM as the BLAS reference defines it (α = 1, β = 0), in f64.
+fn sgemm_emulated(p: &GemmParams, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let (lda, ldb, ldc) = (p.lda as usize, p.ldb as usize, p.ldc as usize);
+    let op_a = |i: usize, l: usize| match p.transa {
+        Op::N => a[i + l * lda],
+        Op::T => a[l + i * lda],
+    };
+    let op_b = |l: usize, j: usize| match p.transb {
+        Op::N => b[l + j * ldb],
+        Op::T => b[j + l * ldb],
+    };
+    for j in 0..n {
+        for i in 0..m {
+            let s: f64 = (0..k)
+                .map(|l| f64::from(op_a(i, l)) * f64::from(op_b(l, j)))
+                .sum();
+            c[i + j * ldc] = s as f32;
+        }
+    }
+}
+
+#[test]
+fn gemm_mapping_computes_x_times_w_transposed() {
+    for &(t, inp, out) in &[(1, 1, 1), (3, 5, 7), (8, 16, 4), (5, 3, 11), (17, 64, 9)] {
+        let x = Mat::from_vec(t, inp, values(t * inp, 7 + t as u64));
+        let w = Mat::from_vec(out, inp, values(out * inp, 99 + out as u64));
+        let p = gemm_params(t, inp, out).expect("fits i32");
+        assert_eq!((p.transa, p.transb), (Op::T, Op::N));
+        assert_eq!((p.m, p.n, p.k), (out as i32, t as i32, inp as i32));
+        // A = w's buffer, B = x's buffer, C = y's buffer, all as the engine stores them.
+        let mut y = vec![0f32; t * out];
+        sgemm_emulated(&p, &w.data, &x.data, &mut y);
+        let want = ops::matmul_naive(&x, &w);
+        assert_eq!(y, want.data, "T={t} in={inp} out={out}");
+        // Every leading dimension covers its operand exactly (no overlap, no gap).
+        assert_eq!(p.lda as usize * out, w.data.len());
+        assert_eq!(p.ldb as usize * t, x.data.len());
+        assert_eq!(p.ldc as usize * t, y.len());
+    }
+}
+
+#[test]
+fn gemm_mapping_refuses_dimensions_beyond_i32() {
+    assert!(gemm_params(1 << 31, 16, 16).is_err());
+    assert!(gemm_params(16, 16, usize::MAX).is_err());
+    assert!(gemm_params(i32::MAX as usize, 1, 1).is_ok());
+}
+
+#[test]
+fn launch_geometry_covers_every_element() {
+    assert_eq!(launch_dims(0), None);
+    assert_eq!(launch_dims(1), Some((1, THREADS)));
+    assert_eq!(launch_dims(256), Some((1, THREADS)));
+    assert_eq!(launch_dims(257), Some((2, THREADS)));
+    // A 256-expert R1 stack (3.7 G elements) is capped and covered by the grid-stride loop.
+    let n = 256u64 * 2048 * 7168;
+    let (grid, threads) = launch_dims(n).expect("non-empty");
+    assert_eq!(grid, MAX_GRID);
+    let stride = u64::from(grid) * u64::from(threads);
+    assert!(stride * n.div_ceil(stride) >= n);
+}
+
+#[test]
+fn kernel_table_matches_the_ggml_type_table() {
+    for k in KERNELS {
+        assert_eq!(u64::from(k.block), k.ty.block_size(), "{}", k.ty);
+        assert_eq!(u64::from(k.bytes), k.ty.type_size(), "{}", k.ty);
+        assert!(
+            quantize::supports(k.ty),
+            "{} has a kernel but no CPU reference",
+            k.ty
+        );
+        let short = k.kernel.trim_start_matches("r1q_dequant_");
+        assert_eq!(k.elem, format!("elem_{short}"));
+        let launch = format!("R1Q_DEQUANT({short}, {}, {})", k.block, k.bytes);
+        assert!(
+            SOURCE.contains(&launch),
+            "missing `{launch}` in the kernel source"
+        );
+        assert!(SOURCE.contains(&format!("float {}(const u8 *b, int e)", k.elem)));
+    }
+    assert!(SOURCE.contains(&format!("void {}(", super::kernels::FP8_KERNEL)));
+}
+
+/// The host C twin: the kernel source with `R1Q_HOST_TWIN`, plus a driver that applies one
+/// element function to a file of blocks (mode = index into KERNELS) or the FP8 block decoder
+/// (mode = -1).
+fn harness_source() -> String {
+    let table: Vec<&str> = KERNELS.iter().map(|k| k.elem).collect();
+    format!(
+        r#"#define R1Q_HOST_TWIN 1
+{SOURCE}
+#include <stdio.h>
+#include <stdlib.h>
+typedef float (*elem_fn)(const u8 *, int);
+static const elem_fn FNS[] = {{ {fns} }};
+static u8 *slurp(const char *path, long *len) {{
+    FILE *f = fopen(path, "rb"); if (!f) return 0;
+    fseek(f, 0, SEEK_END); *len = ftell(f); fseek(f, 0, SEEK_SET);
+    u8 *p = malloc(*len + 1); if (fread(p, 1, *len, f) != (size_t)*len) return 0; fclose(f);
+    return p;
+}}
+int main(int argc, char **argv) {{
+    if (argc != 9) return 2;
+    int mode = atoi(argv[1]);
+    u64 a = strtoull(argv[2], 0, 10), b = strtoull(argv[3], 0, 10);
+    u64 c = strtoull(argv[4], 0, 10), d = strtoull(argv[5], 0, 10);
+    long len = 0, slen = 0;
+    u8 *src = slurp(argv[6], &len);
+    u8 *sc = slurp(argv[7], &slen);
+    if (!src || !sc) return 3;
+    FILE *out = fopen(argv[8], "wb"); if (!out) return 4;
+    if (mode >= 0) {{ /* a = block, b = bytes, c = n elements */
+        for (u64 i = 0; i < c; i++) {{
+            float v = FNS[mode](src + (i / a) * b, (int)(i % a));
+            fwrite(&v, 4, 1, out);
+        }}
+    }} else {{ /* FP8: a = rows, b = cols, c = b0, d = b1 */
+        float *scales = (float *)malloc(slen + 4); memcpy(scales, sc, slen);
+        u64 scale_cols = (b + d - 1) / d;
+        for (u64 r = 0; r < a; r++) for (u64 col = 0; col < b; col++) {{
+            float v = fp8_block_value(src[r * b + col], scales, r, col, scale_cols, c, d);
+            fwrite(&v, 4, 1, out);
+        }}
+    }}
+    fclose(out);
+    return 0;
+}}
+"#,
+        fns = table.join(", ")
+    )
+}
+
+/// Compiles the twin into `dir`, or `None` (with a message) when no C compiler is present.
+fn build_twin(dir: &Path) -> Option<std::path::PathBuf> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let src = dir.join("twin.c");
+    let exe = dir.join("twin");
+    std::fs::write(&src, harness_source()).expect("write twin.c");
+    // -ffp-contract=off: no fused multiply-adds, like the reference and `--fmad=false`.
+    let status = Command::new(&cc)
+        .args([
+            "-std=c99",
+            "-O1",
+            "-ffp-contract=off",
+            "-Wall",
+            "-Werror",
+            "-Wno-unused-function",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(&src)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(exe),
+        Ok(s) => panic!("the kernel source does not compile as C ({cc}: {s})"),
+        Err(e) => {
+            eprintln!("SKIP host twin of the CUDA kernels: no C compiler `{cc}` ({e})");
+            None
+        }
+    }
+}
+
+fn run_twin(exe: &Path, dir: &Path, args: [u64; 5], mode: i64, src: &[u8], sc: &[u8]) -> Vec<f32> {
+    let (a, b) = (dir.join("src.bin"), dir.join("sc.bin"));
+    let o = dir.join("out.bin");
+    std::fs::write(&a, src).expect("write");
+    std::fs::write(&b, sc).expect("write");
+    let status = Command::new(exe)
+        .arg(mode.to_string())
+        .args(args[..4].iter().map(u64::to_string))
+        .arg(&a)
+        .arg(&b)
+        .arg(&o)
+        .status()
+        .expect("run twin");
+    assert!(status.success(), "twin failed: {status}");
+    let _ = args[4];
+    std::fs::read(&o)
+        .expect("read out")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn same_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let same = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+        assert!(same, "{what}: element {i}: kernel {g:e} vs reference {w:e}");
+    }
+}
+
+/// Every kernel's element function, run on the host, equals the CPU reference bit for bit on
+/// blocks quantized from varied values (and, for the float types, on special values).
+#[test]
+fn kernel_source_matches_reference_dequantizers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(exe) = build_twin(dir.path()) else {
+        return;
+    };
+    let (rows, width) = (6usize, 512usize);
+    let mut x = values(rows * width, 12345);
+    // Spread magnitudes (tiny to large) so scales cover subnormal-to-big f16 ranges.
+    for (i, v) in x.iter_mut().enumerate() {
+        *v *= [1e-6f32, 1e-3, 1.0, 30.0, 1000.0, 0.25][i / width % 6];
+    }
+    for (mode, k) in KERNELS.iter().enumerate() {
+        let row_bytes = k.ty.row_size(width as u64).expect("whole blocks") as usize;
+        let mut raw = vec![0u8; rows * row_bytes];
+        match k.ty {
+            GgmlType::F32 => {
+                raw = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+                raw[..16].copy_from_slice(&[
+                    0, 0, 0x80, 0x7f, 0, 0, 0xc0, 0x7f, 1, 0, 0, 0, 0, 0, 0, 0x80,
+                ]);
+            }
+            GgmlType::F16 | GgmlType::BF16 => {
+                // Every 16-bit pattern once (subnormals, infinities, NaNs), cycling.
+                for (i, c) in raw.chunks_exact_mut(2).enumerate() {
+                    c.copy_from_slice(&((i * 37) as u16).to_le_bytes());
+                }
+            }
+            ty => quantize::quantize_rows(ty, &x, width, None, &mut raw).expect("quantize"),
+        }
+        let mut want = vec![0f32; rows * width];
+        quantize::dequantize_rows(k.ty, &raw, &mut want).expect("reference");
+        let n = (rows * width) as u64;
+        let got = run_twin(
+            &exe,
+            dir.path(),
+            [u64::from(k.block), u64::from(k.bytes), n, 0, 0],
+            mode as i64,
+            &raw,
+            &[0],
+        );
+        same_bits(&got, &want, &k.ty.to_string());
+    }
+}
+
+/// The FP8 kernel's arithmetic equals the CPU reference (the E4M3 table × block scale) on every
+/// code, with ragged edge blocks.
+#[test]
+fn fp8_kernel_source_matches_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(exe) = build_twin(dir.path()) else {
+        return;
+    };
+    let (rows, cols, block) = (300usize, 260usize, [128usize, 128usize]);
+    let data: Vec<u8> = (0..rows * cols).map(|i| (i * 7 + i / 256) as u8).collect();
+    let n_scales = rows.div_ceil(block[0]) * cols.div_ceil(block[1]);
+    let scales: Vec<u8> = values(n_scales, 5)
+        .iter()
+        .flat_map(|v| (v * 1e-3).to_le_bytes())
+        .collect();
+    let raw = RawTensor::Fp8Block {
+        data: &data,
+        scales: &scales,
+        rows,
+        cols,
+        block,
+    };
+    let mut want = vec![0f32; rows * cols];
+    dequantize_cpu(raw, cols, 0..rows, &mut want).expect("reference");
+    let args = [
+        rows as u64,
+        cols as u64,
+        block[0] as u64,
+        block[1] as u64,
+        0,
+    ];
+    let got = run_twin(&exe, dir.path(), args, -1, &data, &scales);
+    same_bits(&got, &want, "fp8 block");
+}
+
+/// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): every kernel on the
+/// device equals the CPU reference bit for bit, and cuBLAS's product matches `ops::matmul`
+/// within f32 reassociation error. Skips with a message when no GPU can be opened.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
+fn gpu_kernels_and_gemm_match_cpu() {
+    use crate::backend::{Backend, Device};
+    let backend = match super::CudaBackend::new(0) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIP gpu test: {e}");
+            return;
+        }
+    };
+    eprintln!("gpu: {}", backend.describe());
+    assert_eq!(backend.device(), Device::Cuda(0));
+    let (rows, width) = (64usize, 1024usize);
+    let x = values(rows * width, 77);
+    for k in KERNELS {
+        let row_bytes = k.ty.row_size(width as u64).expect("whole blocks") as usize;
+        let mut raw = vec![0u8; rows * row_bytes];
+        match k.ty {
+            GgmlType::F32 => raw = x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            GgmlType::F16 | GgmlType::BF16 => {
+                for (i, c) in raw.chunks_exact_mut(2).enumerate() {
+                    c.copy_from_slice(&((i * 37) as u16).to_le_bytes());
+                }
+            }
+            ty => quantize::quantize_rows(ty, &x, width, None, &mut raw).expect("quantize"),
+        }
+        let t = RawTensor::Ggml {
+            ty: k.ty,
+            data: &raw,
+        };
+        for r in [0..rows, 5..17] {
+            let n = r.len() * width;
+            let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
+            backend
+                .dequantize("t", t, width, r.clone(), &mut got)
+                .expect("device dequantize");
+            dequantize_cpu(t, width, r.clone(), &mut want).expect("reference");
+            same_bits(&got, &want, &format!("{} rows {r:?}", k.ty));
+        }
+        backend.end_layer().expect("no device error");
+    }
+    // FP8 with ragged blocks, a row range starting inside a scale block.
+    let (fr, fc) = (300usize, 260usize);
+    let data: Vec<u8> = (0..fr * fc).map(|i| (i * 7 + i / 256) as u8).collect();
+    let scales: Vec<u8> = values(3 * 3, 5)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let t = RawTensor::Fp8Block {
+        data: &data,
+        scales: &scales,
+        rows: fr,
+        cols: fc,
+        block: [128, 128],
+    };
+    for r in [0..fr, 100..260] {
+        let n = r.len() * fc;
+        let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
+        backend
+            .dequantize("fp8", t, fc, r.clone(), &mut got)
+            .expect("device fp8");
+        dequantize_cpu(t, fc, r.clone(), &mut want).expect("reference");
+        same_bits(&got, &want, &format!("fp8 rows {r:?}"));
+    }
+    backend.end_layer().expect("no device error");
+    // GEMM: resident weight (dequantized above under its name) and uploaded weight.
+    let w_raw: Vec<u8> = values(96 * 320, 3)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let wt = RawTensor::Ggml {
+        ty: GgmlType::F32,
+        data: &w_raw,
+    };
+    let mut wdata = vec![0f32; 96 * 320];
+    backend
+        .dequantize("w", wt, 320, 0..96, &mut wdata)
+        .expect("device f32");
+    let w = Mat::from_vec(96, 320, wdata);
+    let xm = Mat::from_vec(37, 320, values(37 * 320, 9));
+    let want = ops::matmul_naive(&xm, &w);
+    for name in ["w", "not-resident"] {
+        let got = backend.matmul(name, &xm, &w);
+        let err = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .fold(0f32, f32::max);
+        assert!(
+            err < 1e-4,
+            "{name}: GEMM differs from the reference by {err}"
+        );
+    }
+    backend.end_layer().expect("no device error");
+}
