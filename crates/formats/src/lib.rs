@@ -10,3 +10,4 @@ pub mod checkpoint;
 pub mod ggml_type;
 pub mod gguf;
 pub mod imatrix;
+pub mod tokenizer_pre;

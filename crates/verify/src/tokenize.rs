@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use formats::gguf::GgufValue;
+use formats::tokenizer_pre;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -40,44 +41,13 @@ pub mod token_type {
     pub const BYTE: i32 = 6;
 }
 
-/// DeepSeek-V3/R1 (`deepseek-v3`): digits in runs of up to three.
-const DEEPSEEK_V3_DIGITS: &str = "\\p{N}{1,3}";
-/// DeepSeek-V3/R1: CJK ideographs, hiragana and katakana runs.
-const DEEPSEEK_V3_CJK: &str = "[一-龥぀-ゟ゠-ヿ]+";
-/// DeepSeek-V3/R1: punctuation, letters and whitespace (contains literal CR/LF characters).
-const DEEPSEEK_V3_WORDS: &str = "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
-/// Qwen2 / R1-Distill-Qwen (`deepseek-r1-qwen`, `qwen2`): like Llama 3 but single digits.
-const QWEN2: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-/// Llama 3 / R1-Distill-Llama (`llama-bpe`): digits in runs of up to three.
-const LLAMA3: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-/// GPT-2 (`gpt-2`, `default`).
-const GPT2: &str =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
 /// The `tokenizer.ggml.pre` values this module knows, for messages.
-pub const KNOWN_PRE: [&str; 7] = [
-    "deepseek-v3",
-    "deepseek-r1-qwen",
-    "qwen2",
-    "llama-bpe",
-    "llama3",
-    "llama-v3",
-    "gpt-2",
-];
+pub const KNOWN_PRE: [&str; 7] = tokenizer_pre::NAMES;
 
 /// The Split regexes (applied in order, each `Isolated`) of a pre-tokenizer name, and whether
 /// llama.cpp sets `ignore_merges` (a word that is itself a token is emitted whole).
 fn pre_regexes(pre: &str) -> Option<(&'static [&'static str], bool)> {
-    Some(match pre {
-        "deepseek-v3" => (
-            &[DEEPSEEK_V3_DIGITS, DEEPSEEK_V3_CJK, DEEPSEEK_V3_WORDS],
-            false,
-        ),
-        "deepseek-r1-qwen" | "qwen2" => (&[QWEN2], false),
-        "llama-bpe" | "llama3" | "llama-v3" => (&[LLAMA3], true),
-        "gpt-2" | "default" => (&[GPT2], false),
-        _ => return None,
-    })
+    tokenizer_pre::by_name(pre).map(|p| (p.regexes, p.ignore_merges))
 }
 
 /// Why a tokenizer could not be built or could not encode.

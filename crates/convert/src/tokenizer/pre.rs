@@ -8,21 +8,13 @@
 
 use std::path::Path;
 
+use formats::tokenizer_pre::{
+    DEEPSEEK_V3_CJK, DEEPSEEK_V3_DIGITS, DEEPSEEK_V3_WORDS, LLAMA3, QWEN2,
+};
 use serde_json::Value;
 
 use super::files::err;
 use crate::error::Result;
-
-/// DeepSeek-V3/R1: digits in runs of up to three.
-const DEEPSEEK_V3_DIGITS: &str = "\\p{N}{1,3}";
-/// DeepSeek-V3/R1: CJK ideographs, hiragana and katakana runs.
-const DEEPSEEK_V3_CJK: &str = "[一-龥぀-ゟ゠-ヿ]+";
-/// DeepSeek-V3/R1: punctuation, letters and whitespace (contains literal CR/LF characters).
-const DEEPSEEK_V3_WORDS: &str = "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
-/// Qwen2 (R1-Distill-Qwen): like Llama 3 but single digits.
-const QWEN2: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-/// Llama 3 (R1-Distill-Llama): digits in runs of up to three.
-const LLAMA3: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 /// The BOS text that makes llama.cpp's hash say `deepseek-r1-qwen` rather than `qwen2`.
 const DEEPSEEK_BOS: &str = "<｜begin▁of▁sentence｜>";
