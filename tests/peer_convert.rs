@@ -1,88 +1,11 @@
 //! End-to-end against the llama.cpp peer (`cargo xtask peer`): what `r1q convert` writes must load
 //! and run in llama.cpp itself, and its vocabulary must tokenize exactly as HF `tokenizers` does.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn r1q(args: &[&str], extra: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_r1q"))
-        .args(args)
-        .args(extra)
-        .output()
-        .expect("running the r1q binary")
-}
+mod llama_cpp;
 
-fn convert(model: &Path, out: &Path, outtype: &str) {
-    let o = out.to_str().unwrap();
-    let res = r1q(
-        &["convert", "--quiet", "--outtype", outtype, "-o", o],
-        &[model],
-    );
-    assert!(
-        res.status.success(),
-        "r1q convert {outtype} failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-}
-
-/// English prose for perplexity runs; the tiny fixture vocabularies turn it into a few thousand
-/// tokens, well above the 2 × 128 that two chunks of 128 need.
-fn eval_text(dir: &Path) -> PathBuf {
-    let text = match fixtures::support::shared_data() {
-        Some(data) => {
-            let full = std::fs::read_to_string(data.join("text/wiki-eval.txt")).unwrap();
-            full.chars().take(12_000).collect::<String>()
-        }
-        None => "The quick brown fox jumps over the lazy dog. ".repeat(300),
-    };
-    let path = dir.join("eval.txt");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Runs llama-perplexity and returns the final estimate. The peer sometimes exits 0 without
-/// flushing its logger (REFERENCE §8 item 11): then the running estimate after the last chunk,
-/// which it prints on stdout as `[2]X,`, is the same number; a run with neither is retried.
-fn llama_perplexity(bin: &Path, model: &Path, text: &Path) -> f64 {
-    let mut last = String::new();
-    for _ in 0..10 {
-        let out = Command::new(bin)
-            .arg("-m")
-            .arg(model)
-            .arg("-f")
-            .arg(text)
-            .args([
-                "-c", "128", "-b", "128", "--chunks", "2", "-t", "2", "-ngl", "0",
-            ])
-            .output()
-            .expect("running llama-perplexity");
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "llama-perplexity failed on {}:\n{all}",
-            model.display()
-        );
-        if let Some(ppl) = final_estimate(&all).or_else(|| last_chunk(&all, 2)) {
-            return ppl;
-        }
-        last = all;
-    }
-    panic!("llama-perplexity never printed its final estimate:\n{last}");
-}
-
-fn last_chunk(log: &str, n_chunks: usize) -> Option<f64> {
-    let rest = log.split(&format!("[{n_chunks}]")).nth(1)?;
-    rest.split(',').next()?.trim().parse().ok()
-}
-
-fn final_estimate(log: &str) -> Option<f64> {
-    let rest = log.split("Final estimate: PPL = ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
+use llama_cpp::{convert, eval_text, llama_perplexity, llama_tokenize};
 
 #[test]
 fn llama_cpp_runs_every_fixture_at_every_outtype() {
@@ -102,7 +25,7 @@ fn llama_cpp_runs_every_fixture_at_every_outtype() {
         for outtype in ["f32", "f16", "bf16", "q8_0"] {
             let gguf = dir.path().join(format!("{arch}-{outtype}.gguf"));
             convert(&model, &gguf, outtype);
-            let ppl = llama_perplexity(&ppl_bin, &gguf, &text);
+            let ppl = llama_perplexity(&ppl_bin, &gguf, &text, 128, 2, &[]).ppl;
             assert!(ppl.is_finite() && ppl > 1.0, "{arch} {outtype}: PPL {ppl}");
             results.push((outtype, ppl));
             std::fs::remove_file(&gguf).unwrap();
@@ -157,20 +80,10 @@ fn llama_tokenize_matches_hf_tokenizers_on_real_vocabularies() {
         convert(&model, &gguf, "f16");
         std::fs::remove_dir_all(&model).unwrap();
 
-        let out = Command::new(&tok_bin)
-            .arg("-m")
-            .arg(&gguf)
-            .arg("-f")
-            .arg(&text)
-            .args(["--ids", "--no-escape", "--log-disable"])
-            .output()
-            .expect("running llama-tokenize");
-        assert!(
-            out.status.success(),
-            "llama-tokenize: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ours = parse_ids(&String::from_utf8_lossy(&out.stdout));
+        let ours: Vec<i64> = llama_tokenize(&tok_bin, &gguf, &text)
+            .into_iter()
+            .map(i64::from)
+            .collect();
 
         let script = "import sys, json\nfrom tokenizers import Tokenizer\n\
                       t = Tokenizer.from_file(sys.argv[1])\n\
@@ -198,16 +111,4 @@ fn llama_tokenize_matches_hf_tokenizers_on_real_vocabularies() {
         );
         std::fs::remove_file(&gguf).unwrap();
     }
-}
-
-fn parse_ids(stdout: &str) -> Vec<i64> {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with('['))
-        .expect("llama-tokenize --ids prints one [..] line");
-    line.trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("an integer token id"))
-        .collect()
 }
