@@ -169,6 +169,9 @@ impl WeightSource for Source {
     fn load_row_range_into(&self, name: &str, rows: Range<u64>, out: &mut [f32]) -> VResult<()> {
         self.inner().load_row_range_into(name, rows, out)
     }
+    fn raw(&self, name: &str) -> Option<::verify::backend::RawTensor<'_>> {
+        self.inner().raw(name)
+    }
     fn description(&self) -> String {
         self.inner().description()
     }
