@@ -222,7 +222,7 @@ impl GgmlType {
     /// (or the size overflows u64).
     pub fn row_size(self, ne0: u64) -> Option<u64> {
         let block = self.block_size();
-        if ne0 % block != 0 {
+        if !ne0.is_multiple_of(block) {
             return None;
         }
         (ne0 / block).checked_mul(self.type_size())

@@ -556,7 +556,7 @@ fn parse_quantization(f: &Fields<'_>) -> Result<Option<QuantizationConfig>> {
 }
 
 fn check_heads(f: &Fields<'_>, heads: usize, kv_heads: usize) -> Result<()> {
-    if heads % kv_heads != 0 {
+    if !heads.is_multiple_of(kv_heads) {
         return Err(f.inconsistent(format!(
             "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
         )));
@@ -656,7 +656,7 @@ fn parse_deepseek(f: &Fields<'_>, model_type: String) -> Result<DeepseekV3Config
             c.num_experts_per_tok, c.n_routed_experts
         )));
     }
-    if c.n_routed_experts % c.n_group != 0 {
+    if !c.n_routed_experts.is_multiple_of(c.n_group) {
         return Err(f.inconsistent(format!(
             "n_routed_experts {} is not divisible by n_group {}",
             c.n_routed_experts, c.n_group
@@ -724,7 +724,7 @@ fn parse_qwen2(f: &Fields<'_>) -> Result<Qwen2Config> {
 }
 
 fn check_divisible_heads(f: &Fields<'_>, hidden: usize, heads: usize) -> Result<()> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(f.inconsistent(format!(
             "hidden_size {hidden} is not divisible by num_attention_heads {heads}"
         )));

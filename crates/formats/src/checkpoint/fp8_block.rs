@@ -224,7 +224,7 @@ pub(crate) fn check_rows(
             Err(format!("rows are empty; cannot fill {out_len} values"))
         };
     }
-    if out_len % cols != 0 {
+    if !out_len.is_multiple_of(cols) {
         return Err(format!(
             "output length {out_len} is not a whole number of {cols}-element rows"
         ));
