@@ -6,6 +6,7 @@
 mod convert;
 mod demo;
 mod hf_source;
+mod imatrix;
 mod inspect;
 mod perplexity;
 mod pull;
@@ -43,6 +44,9 @@ enum Command {
     /// One table of what quantization cost: size, bits per weight, PPL, ΔPPL, mean/p99 KLD and
     /// top-1 agreement of each QUANT against BASE, on the same text.
     Verify(verify::Args),
+    /// Importance matrix of a model on a calibration text, as llama-imatrix collects it, layer by
+    /// layer (GGUF or legacy .dat); `--stats FILE` summarizes an imatrix per tensor.
+    Imatrix(imatrix::Args),
     /// The whole pipeline in seconds on a built-in tiny DeepSeek-V3 model: generate, convert to
     /// Q8_0 and the supported K-quant mixes, print the verify table.
     Demo(demo::Args),
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Imatrix(args) => imatrix::run(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {

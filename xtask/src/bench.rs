@@ -9,6 +9,8 @@
 //! `perplexity`: `r1q perplexity` vs llama-perplexity, tokens/s and peak RSS (see
 //! `bench_perplexity.rs`).
 //!
+//! `imatrix`: `r1q imatrix` vs llama-imatrix, tokens/s (see `bench_imatrix.rs`).
+//!
 //! `dequant`: FP8 (e4m3, 128×128 block scales) → f32 on synthetic tensors shaped like R1's expert
 //! matrices, on one thread and on all threads, with BF16 → f32 for comparison. Output goes into
 //! tile buffers of the size the converter uses (as in the real pipeline: mmap → f32 tile →
@@ -27,6 +29,8 @@ use rayon::prelude::*;
 mod bench_convert;
 #[path = "bench_pull.rs"]
 mod bench_pull;
+#[path = "bench_imatrix.rs"]
+mod bench_imatrix;
 #[path = "bench_perplexity.rs"]
 mod bench_perplexity;
 #[path = "bench_quantize.rs"]
@@ -45,6 +49,8 @@ pub enum Which {
     Pull,
     /// `r1q perplexity` vs the peer's `llama-perplexity`: tokens/s and peak RSS, 1 and N threads.
     Perplexity,
+    /// `r1q imatrix` vs the peer's `llama-imatrix`: tokens/s on the same GGUF, text and threads.
+    Imatrix,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -66,6 +72,7 @@ pub fn run(args: Args) -> Result<()> {
         Which::Quantize => bench_quantize::run(args.reps.max(1)),
         Which::Pull => bench_pull::run(args.reps.clamp(1, 3)),
         Which::Perplexity => bench_perplexity::run(args.reps.clamp(1, 3)),
+        Which::Imatrix => bench_imatrix::run(args.reps.clamp(1, 3)),
     }
 }
 

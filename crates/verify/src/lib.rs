@@ -10,6 +10,7 @@
 //! observer hooks), [`arch`] (one block type per architecture).
 
 pub mod arch;
+pub mod calibrate;
 pub mod backend;
 pub mod config;
 pub mod cuda;
