@@ -447,7 +447,7 @@ pub fn median(sorted: &[f32]) -> f32 {
     if n == 0 {
         return f32::NAN;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         0.5 * (sorted[n / 2] + sorted[n / 2 - 1])
     } else {
         sorted[n / 2]

@@ -33,7 +33,7 @@ pub struct AttnShape {
 
 impl AttnShape {
     fn check(&self, q: &Mat, k: &Mat, v: &Mat) {
-        assert!(self.n_head_kv > 0 && self.n_head % self.n_head_kv == 0);
+        assert!(self.n_head_kv > 0 && self.n_head.is_multiple_of(self.n_head_kv));
         assert!(
             q.cols == self.n_head * self.head_dim_k,
             "attention: q width"

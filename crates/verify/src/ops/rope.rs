@@ -122,7 +122,7 @@ pub fn rope(
     offset: usize,
     p: &RopeParams,
 ) {
-    assert!(p.n_rot % 2 == 0, "rope: odd n_rot");
+    assert!(p.n_rot.is_multiple_of(2), "rope: odd n_rot");
     assert!(offset + p.n_rot <= head_stride && n_head * head_stride <= x.cols);
     let max_len = seqs.iter().map(|s| s.len).max().unwrap_or(0);
     let mut cache = vec![0f32; max_len * p.n_rot];

@@ -65,7 +65,7 @@ impl RouterParams {
             ));
         }
         if self.n_groups > 1 {
-            if self.n_expert % self.n_groups != 0 {
+            if !self.n_expert.is_multiple_of(self.n_groups) {
                 return Err(format!(
                     "expert_count {} is not a multiple of expert_group_count {}",
                     self.n_expert, self.n_groups
