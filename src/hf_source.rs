@@ -127,16 +127,16 @@ impl WeightSource for HfSource {
 /// Where a model's weights come from.
 pub enum Source {
     /// A GGUF file.
-    Gguf(GgufSource),
+    Gguf(Box<GgufSource>),
     /// An HF checkpoint directory, streamed.
-    Hf(HfSource),
+    Hf(Box<HfSource>),
 }
 
 impl Source {
     fn inner(&self) -> &dyn WeightSource {
         match self {
-            Source::Gguf(s) => s,
-            Source::Hf(s) => s,
+            Source::Gguf(s) => s.as_ref(),
+            Source::Hf(s) => s.as_ref(),
         }
     }
 }
@@ -220,11 +220,11 @@ pub fn open_model(path: &Path) -> Result<Model> {
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum();
-        (Source::Hf(hf), bytes)
+        (Source::Hf(Box::new(hf)), bytes)
     } else {
         let g = GgufSource::open(path)?;
         let bytes = g.file().tensors().iter().map(|t| t.nbytes).sum();
-        (Source::Gguf(g), bytes)
+        (Source::Gguf(Box::new(g)), bytes)
     };
     let tokenizer = Tokenizer::from_gguf_metadata(path, source.metadata())?;
     let n_params: u64 = source
