@@ -102,25 +102,32 @@ impl BlockQ3K {
     /// into `hmask` and `qs`.
     fn requantize_and_pack(&mut self, x: &[f32], levels: &mut [i8; QK_K]) {
         let dall = f16_to_f32(self.d);
-        for j in 0..16 {
+        for (j, (xs, ls)) in x[..QK_K]
+            .chunks_exact(16)
+            .zip(levels.chunks_exact_mut(16))
+            .enumerate()
+        {
             let d = dall * f32::from(unpack_scale(j, &self.scales));
             if d == 0.0 {
                 continue;
             }
-            for ii in 0..16 {
-                let l = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
-                levels[16 * j + ii] = (l + 4) as i8;
+            for (l, &v) in ls.iter_mut().zip(xs) {
+                *l = (nearest_int(v / d).clamp(-4, 3) + 4) as i8;
             }
         }
+        // Branch-free: bit j / 32 of hmask[j % 32] is set for levels above 3, which then lose 4.
         self.hmask = [0; 32];
         let mut low = [0u8; QK_K];
-        for (j, (&l, lo)) in levels.iter().zip(low.iter_mut()).enumerate() {
-            let mut l = l;
-            if l > 3 {
-                self.hmask[j % 32] |= 1 << (j / 32);
-                l -= 4;
+        for (k, (ls, lo)) in levels
+            .chunks_exact(32)
+            .zip(low.chunks_exact_mut(32))
+            .enumerate()
+        {
+            for ((&l, o), h) in ls.iter().zip(lo.iter_mut()).zip(self.hmask.iter_mut()) {
+                let hi = u8::from(l > 3);
+                *h |= hi << k;
+                *o = (l as u8).wrapping_sub(4 * hi);
             }
-            *lo = l as u8;
         }
         pack_2bit(&low, &mut self.qs);
     }
@@ -140,11 +147,11 @@ impl Block for BlockQ3K {
         let mut amax = 0f32;
         // make_q3_quants(16, 4, …, true) on the 16 groups, one per lane.
         make_q3_groups::<16, 2>(4, x, &mut levels, &mut scales);
-        for j in 0..16 {
-            let scale = scales[j].abs();
+        for &s in &scales {
+            let scale = s.abs();
             if scale > amax {
                 amax = scale;
-                max_scale = scales[j];
+                max_scale = s;
             }
         }
         let mut b = BlockQ3K {

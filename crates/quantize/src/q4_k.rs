@@ -91,16 +91,19 @@ impl BlockQ4K {
     fn requantize_and_pack(&mut self, x: &[f32], levels: &mut [u8; QK_K]) {
         let dd = f16_to_f32(self.d);
         let dmm = f16_to_f32(self.dmin);
-        for j in 0..8 {
+        for (j, (xs, ls)) in x[..QK_K]
+            .chunks_exact(32)
+            .zip(levels.chunks_exact_mut(32))
+            .enumerate()
+        {
             let (sc, m) = get_scale_min_k4(j, &self.scales);
             let d = dd * f32::from(sc);
             if d == 0.0 {
                 continue;
             }
             let dm = dmm * f32::from(m);
-            for ii in 0..32 {
-                let l = nearest_int((x[32 * j + ii] + dm) / d);
-                levels[32 * j + ii] = l.clamp(0, 15) as u8;
+            for (l, &v) in ls.iter_mut().zip(xs) {
+                *l = nearest_int((v + dm) / d).clamp(0, 15) as u8;
             }
         }
         for (c, q) in self.qs.chunks_exact_mut(32).enumerate() {

@@ -95,33 +95,32 @@ impl BlockQ5K {
     fn requantize_and_pack(&mut self, x: &[f32], levels: &mut [u8; QK_K]) {
         let dd = f16_to_f32(self.d);
         let dmm = f16_to_f32(self.dmin);
-        for j in 0..8 {
+        for (j, (xs, ls)) in x[..QK_K]
+            .chunks_exact(32)
+            .zip(levels.chunks_exact_mut(32))
+            .enumerate()
+        {
             let (sc, m) = get_scale_min_k4(j, &self.scales);
             let d = dd * f32::from(sc);
             if d == 0.0 {
                 continue;
             }
             let dm = dmm * f32::from(m);
-            for ii in 0..32 {
-                let l = nearest_int((x[32 * j + ii] + dm) / d);
-                levels[32 * j + ii] = l.clamp(0, 31) as u8;
+            for (l, &v) in ls.iter_mut().zip(xs) {
+                *l = nearest_int((v + dm) / d).clamp(0, 31) as u8;
             }
         }
         self.qh = [0; 32];
         let (mut m1, mut m2) = (1u8, 2u8);
         for (c, q) in self.qs.chunks_exact_mut(32).enumerate() {
             for (j, o) in q.iter_mut().enumerate() {
-                let mut l1 = levels[64 * c + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    self.qh[j] |= m1;
-                }
-                let mut l2 = levels[64 * c + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    self.qh[j] |= m2;
-                }
-                *o = l1 | (l2 << 4);
+                // Branch-free form of `if l > 15 { l -= 16; qh[j] |= m; }`.
+                let l1 = levels[64 * c + j];
+                let h1 = u8::from(l1 > 15);
+                let l2 = levels[64 * c + j + 32];
+                let h2 = u8::from(l2 > 15);
+                self.qh[j] |= (m1 * h1) | (m2 * h2);
+                *o = l1.wrapping_sub(16 * h1) | (l2.wrapping_sub(16 * h2) << 4);
             }
             m1 <<= 2;
             m2 <<= 2;

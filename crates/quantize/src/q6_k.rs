@@ -79,14 +79,17 @@ impl BlockQ6K {
             *s = nearest_int(iscale * v).min(127) as i8;
         }
         let dd = f16_to_f32(b.d);
-        for j in 0..16 {
-            let d = dd * f32::from(b.scales[j]);
+        for ((xs, ls), &sc) in x[..QK_K]
+            .chunks_exact(16)
+            .zip(levels.chunks_exact_mut(16))
+            .zip(&b.scales)
+        {
+            let d = dd * f32::from(sc);
             if d == 0.0 {
                 continue;
             }
-            for ii in 0..16 {
-                let l = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
-                levels[16 * j + ii] = (l + 32) as i8;
+            for (l, &v) in ls.iter_mut().zip(xs) {
+                *l = (nearest_int(v / d).clamp(-32, 31) + 32) as i8;
             }
         }
         for h in 0..2 {
