@@ -118,6 +118,14 @@ impl HfTensors {
         if n == 0 {
             return Ok(());
         }
+        // Rows inside one expert of a stacked tensor: open only that expert's checkpoint tensor
+        // (opening the stack validates every expert, 256 of them for R1, on each read).
+        if let Some((one, first)) = one_expert(t, start, n) {
+            let src = RowSource::open(&self.ckpt, &one)?;
+            src.fill(first, row_len, out)?;
+            src.release(first, n);
+            return Ok(());
+        }
         let src = RowSource::open(&self.ckpt, t)?;
         src.fill(start, row_len, out)?;
         src.release(start, n);
@@ -141,4 +149,28 @@ impl HfTensors {
             detail: format!("tensor `{}` {:?}: {detail}", t.name, t.dims),
         }
     }
+}
+
+/// For rows `start..start+n` of a stacked-experts tensor that all belong to one expert: that
+/// expert's checkpoint tensor as a plain 2-D planned tensor, and the first row within it.
+fn one_expert(t: &PlannedTensor, start: usize, n: usize) -> Option<(PlannedTensor, usize)> {
+    let crate::plan::Source::Stack { names } = &t.source else {
+        return None;
+    };
+    let [width, per, _] = t.dims.as_slice() else {
+        return None;
+    };
+    let per = usize::try_from(*per).ok().filter(|&p| p > 0)?;
+    let e = start / per;
+    if (start + n - 1) / per != e {
+        return None;
+    }
+    let name = names.get(e)?.clone();
+    let one = PlannedTensor {
+        name: t.name.clone(),
+        dims: vec![*width, per as u64],
+        ggml_type: t.ggml_type,
+        source: crate::plan::Source::Tensor { name },
+    };
+    Some((one, start - e * per))
 }
