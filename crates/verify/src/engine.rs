@@ -14,7 +14,7 @@
 //!   layers of the layer's non-expert tensors (n_elements × 4) plus, for an MoE layer,
 //!   [`experts_in_flight`] × one expert's f32 gate/up/down (each `*_exps` tensor's
 //!   n_elements / n_expert × 4), and of the output matrix (`output` or tied `token_embd`,
-//!   n_vocab·n_embd·4). For R1: ~0.2 GB non-expert + 176 MB per expert in flight, instead of
+//!   n_vocab·n_embd·4). For R1: ~0.93 GB non-expert + 176 MB per expert in flight, instead of
 //!   the ~45 GB all 256 experts of a layer would take;
 //! * k = [`crate::arch::ArchSpec::floats_per_token`], the activation floats each token holds at
 //!   the block's peak. Dense llama/qwen2: k = 3·n_embd + max(n_q + 2·n_kv + 2·n_q_v, 2·n_ff)
