@@ -290,7 +290,7 @@ fn kld_base_file_and_statistics_match_llama_perplexity() {
                 .output()
                 .unwrap();
             peer_out = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-            if peer_out.contains("Same top p") {
+            if peer_out.contains("Mean PPL(Q)") && peer_out.contains("Same top p:") {
                 break;
             }
         }

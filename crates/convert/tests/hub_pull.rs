@@ -228,8 +228,7 @@ fn persistent_corruption_fails_with_both_hashes_and_leaves_nothing() {
     let mut opts = PullOptions::new(REPO);
     opts.include = vec!["extra/*".into()];
     let err = hub::pull(&config(&hub, cache.path()), &opts, &Rec::default())
-        .err()
-        .expect("must fail")
+        .expect_err("must fail")
         .to_string();
     let mut corrupted = (*big.data).clone();
     let mid = corrupted.len() / 2;

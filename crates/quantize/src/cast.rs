@@ -211,7 +211,7 @@ mod view_tests {
         let vals: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
         let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         // A Vec<u8> from the global allocator is at least 4-byte aligned here; test both.
-        let aligned = (bytes.as_ptr() as usize) % 4 == 0;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(4);
         match f32_view(&bytes) {
             Some(v) => assert_eq!(v, &vals[..]),
             None => assert!(!aligned),

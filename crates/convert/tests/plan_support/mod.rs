@@ -106,7 +106,7 @@ pub fn expected_type(name: &str, dims: &[u64], outtype: GgmlType) -> GgmlType {
         || !name.ends_with(".weight");
     if f32_always {
         GgmlType::F32
-    } else if outtype == GgmlType::Q8_0 && dims[0] % 32 != 0 {
+    } else if outtype == GgmlType::Q8_0 && !dims[0].is_multiple_of(32) {
         GgmlType::F16
     } else {
         outtype
@@ -231,7 +231,7 @@ pub fn write_st(path: &Path, entries: &[StEntry]) {
         off += e.data.len();
     }
     let mut h = Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

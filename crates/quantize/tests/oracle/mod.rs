@@ -25,7 +25,7 @@ pub fn oracle_quantize(
     imatrix: Option<&[f32]>,
 ) -> Option<Vec<u8>> {
     let oracle = fixtures::support::quant_oracle()?;
-    assert!(n_per_row > 0 && rows.len() % n_per_row == 0);
+    assert!(n_per_row > 0 && rows.len().is_multiple_of(n_per_row));
     if let Some(w) = imatrix {
         assert_eq!(w.len(), n_per_row, "imatrix length");
     }
@@ -45,7 +45,7 @@ pub fn oracle_quantize(
 pub fn oracle_dequantize(ty: GgmlType, blocks: &[u8], n_per_row: usize) -> Option<Vec<f32>> {
     let oracle = fixtures::support::quant_oracle()?;
     let row_bytes = ty.row_size(n_per_row as u64).unwrap() as usize;
-    assert!(row_bytes > 0 && blocks.len() % row_bytes == 0);
+    assert!(row_bytes > 0 && blocks.len().is_multiple_of(row_bytes));
     let mut req = header(1, ty, n_per_row, blocks.len() / row_bytes, false);
     req.extend_from_slice(blocks);
     let out = run_oracle(&oracle, &req, ty);
@@ -212,7 +212,7 @@ impl Rng {
 /// x·id for each type's scale, a single spike, alternating signs, negative-only and
 /// positive-only rows, and blocks whose largest magnitude is below `GROUP_MAX_EPS`.
 pub fn test_rows(n: usize) -> Vec<(String, Vec<f32>)> {
-    assert!(n % 32 == 0 && n > 0);
+    assert!(n.is_multiple_of(32) && n > 0);
     let mut rows: Vec<(String, Vec<f32>)> = Vec::new();
     let mut add = |name: &str, v: Vec<f32>| {
         debug_assert_eq!(v.len(), n);
