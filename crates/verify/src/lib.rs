@@ -10,17 +10,17 @@
 //! observer hooks), [`arch`] (one block type per architecture).
 
 pub mod arch;
-pub mod calibrate;
 pub mod backend;
+pub mod calibrate;
 pub mod config;
 pub mod cuda;
 pub mod engine;
 pub mod error;
+pub mod kld;
 pub mod ops;
+pub mod ppl;
 pub mod source;
 pub mod tensor;
-pub mod kld;
-pub mod ppl;
 pub mod tokenize;
 
 pub use backend::{Backend, Device, DeviceError};
