@@ -218,7 +218,7 @@ impl CudaBackend {
                     .get(rows.start * row_bytes..rows.end * row_bytes)
                     .ok_or_else(|| format!("rows {rows:?} lie beyond the tensor's data"))?;
                 let blocks = n / k.block as usize;
-                if n % k.block as usize != 0 || blocks * k.bytes as usize != bytes.len() {
+                if !n.is_multiple_of(k.block as usize) || blocks * k.bytes as usize != bytes.len() {
                     return Err(format!(
                         "{} bytes of {ty} cannot hold {n} values",
                         bytes.len()
