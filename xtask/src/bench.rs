@@ -27,12 +27,12 @@ use rayon::prelude::*;
 
 #[path = "bench_convert.rs"]
 mod bench_convert;
-#[path = "bench_pull.rs"]
-mod bench_pull;
 #[path = "bench_imatrix.rs"]
 mod bench_imatrix;
 #[path = "bench_perplexity.rs"]
 mod bench_perplexity;
+#[path = "bench_pull.rs"]
+mod bench_pull;
 #[path = "bench_quantize.rs"]
 mod bench_quantize;
 
