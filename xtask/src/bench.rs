@@ -25,6 +25,8 @@ use formats::checkpoint::{
 };
 use rayon::prelude::*;
 
+#[path = "bench_common.rs"]
+mod bench_common;
 #[path = "bench_convert.rs"]
 mod bench_convert;
 #[path = "bench_imatrix.rs"]

@@ -53,46 +53,15 @@ struct Case {
 
 /// Builds the release binary, prepares the fixture GGUFs, runs both tools and prints the table.
 pub fn run(reps: usize) -> Result<()> {
-    let root = crate::test::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--quiet", "--release", "--bin", "r1q"])
-        .current_dir(&root)
-        .status()
-        .context("building r1q")?;
-    if !status.success() {
-        bail!("cargo build --release --bin r1q failed");
-    }
-    let bin = root.join("target/release/r1q");
-    let Some(lp) = fixtures::support::peer_bin("llama-perplexity") else {
-        bail!("the llama.cpp peer is not built: run `cargo xtask peer` first");
-    };
-    let work = root.join("target/bench-perplexity");
-    std::fs::create_dir_all(&work)?;
+    let bin = super::bench_common::release_r1q()?;
+    let lp = super::bench_common::peer("llama-perplexity")?;
+    let work = super::bench_common::work_dir("bench-perplexity")?;
     let text = eval_text(&work)?;
 
-    let model = work.join("qwen2-bench");
     let mut cases = Vec::new();
     for outtype in ["f32", "q8_0"] {
-        let gguf = work.join(format!("qwen2-bench.{outtype}.gguf"));
-        if !gguf.is_file() {
-            if !model.join("config.json").is_file() {
-                let opts = fixtures::Options {
-                    preset: fixtures::Preset::Bench,
-                    ..fixtures::Options::default()
-                };
-                fixtures::write_fixture(fixtures::Arch::Qwen2, &model, &opts)?;
-            }
-            let res = Command::new(&bin)
-                .args(["convert", "--quiet", "--outtype", outtype, "-o"])
-                .arg(&gguf)
-                .arg(&model)
-                .output()
-                .context("running r1q convert")?;
-            if !res.status.success() {
-                bail!("r1q convert: {}", String::from_utf8_lossy(&res.stderr));
-            }
-        }
+        let gguf =
+            super::bench_common::bench_fixture_gguf(&bin, &work, fixtures::Arch::Qwen2, outtype)?;
         cases.push(Case {
             label: format!("qwen2 bench fixture {}", outtype.to_uppercase()),
             gguf,
@@ -101,11 +70,7 @@ pub fn run(reps: usize) -> Result<()> {
         });
     }
     if let Some(real) = fixtures::support::real_model() {
-        let chunks = std::env::var("R1Q_BENCH_PPL_CHUNKS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(REAL_CHUNKS);
+        let chunks = super::bench_common::chunks_from_env("R1Q_BENCH_PPL_CHUNKS", REAL_CHUNKS);
         cases.push(Case {
             label: "Qwen2.5-Coder-0.5B Q4_K_M".into(),
             gguf: real,
