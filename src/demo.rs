@@ -51,7 +51,23 @@ impl Rng {
 
 /// Samples `SAMPLE_SEQS` sequences of `len` tokens from `engine` at temperature 1 (all sequences
 /// advance together, one layer-major evaluation per step).
-fn sample(engine: &Engine<'_>, starts: &[u32], len: usize) -> Result<Vec<u32>> {
+/// Which token ids the sampler may pick: ordinary text (NORMAL, USER_DEFINED, BYTE in
+/// `tokenizer.ggml.token_type`), never padding (`[PAD…]`, UNUSED) or control tokens, so the sampled
+/// text reads like text. All ids when the metadata has no token types.
+fn sampleable(source: &dyn ::verify::source::WeightSource, n_vocab: usize) -> Vec<bool> {
+    let types = source
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.as_i64s());
+    match types {
+        Some(t) => (0..n_vocab)
+            .map(|i| matches!(t.get(i), Some(1 | 4 | 6)))
+            .collect(),
+        None => vec![true; n_vocab],
+    }
+}
+
+fn sample(engine: &Engine<'_>, allowed: &[bool], starts: &[u32], len: usize) -> Result<Vec<u32>> {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let mut seqs: Vec<Vec<u32>> = starts.iter().map(|&s| vec![s]).collect();
     while seqs.iter().any(|s| s.len() < len) {
@@ -63,12 +79,22 @@ fn sample(engine: &Engine<'_>, starts: &[u32], len: usize) -> Result<Vec<u32>> {
         let mut next = vec![0u32; seqs.len()];
         let mut draws: Vec<f64> = (0..seqs.len()).map(|_| rng.next_f64()).collect();
         engine.evaluate(&seqs, &opts, &mut |si, _pos, logits| {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+            let ok = |i: usize| allowed.get(i).copied().unwrap_or(true);
+            let max = logits
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| ok(i))
+                .map(|(_, &l)| l)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let weight = |i: usize, l: f32| if ok(i) { f64::from(l - max).exp() } else { 0.0 };
+            let total: f64 = logits.iter().enumerate().map(|(i, &l)| weight(i, l)).sum();
             let mut r = draws.get(si).copied().unwrap_or(0.0) * total;
-            let mut pick = logits.len().saturating_sub(1);
+            let mut pick = (0..logits.len()).rev().find(|&i| ok(i)).unwrap_or(0);
             for (i, &l) in logits.iter().enumerate() {
-                r -= f64::from(l - max).exp();
+                if !ok(i) {
+                    continue;
+                }
+                r -= weight(i, l);
                 if r <= 0.0 {
                     pick = i;
                     break;
@@ -158,7 +184,8 @@ pub fn run(args: &Args) -> Result<()> {
             let starts: Vec<u32> = (0..SAMPLE_SEQS as u32)
                 .map(|i| (300 + 37 * i) % n_vocab)
                 .collect();
-            let tokens = sample(&engine, &starts, len)?;
+            let allowed = sampleable(&base.source, n_vocab as usize);
+            let tokens = sample(&engine, &allowed, &starts, len)?;
             eprintln!(
                 "demo: the base model sampled {} tokens ({} sequences); e.g. {:?}",
                 tokens.len(),
