@@ -9,50 +9,8 @@
 
 mod llama_cpp;
 
-use std::path::Path;
-
-use verify::{Engine, EvalOptions, GgufSource, LogitPositions, WeightSource};
-
 const CTX: usize = 128;
 const CHUNKS: usize = 2;
-
-/// Perplexity of `tokens` with llama-perplexity's chunking (REFERENCE §7.1: chunk k =
-/// tokens[k·ctx, (k+1)·ctx), logits at positions ctx/2 … ctx−2 score the next token).
-fn our_perplexity(gguf: &Path, tokens: &[u32]) -> f64 {
-    let source = GgufSource::open(gguf).unwrap();
-    let engine = Engine::new(&source).unwrap();
-    let add_bos = source
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let bos = source
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.as_u32());
-    let seqs: Vec<Vec<u32>> = (0..CHUNKS)
-        .map(|k| {
-            let mut c = tokens[k * CTX..(k + 1) * CTX].to_vec();
-            if let (true, Some(b)) = (add_bos, bos) {
-                c[0] = b;
-            }
-            c
-        })
-        .collect();
-    let first = CTX / 2;
-    let opts = EvalOptions {
-        logit_positions: LogitPositions::Range(first..CTX - 1),
-        ..EvalOptions::default()
-    };
-    let (mut sum, mut n) = (0f64, 0usize);
-    engine
-        .evaluate(&seqs, &opts, &mut |seq, pos, logits| {
-            let target = tokens[seq * CTX + pos + 1] as usize;
-            sum += verify::ops::log_sum_exp(logits) - f64::from(logits[target]);
-            n += 1;
-        })
-        .unwrap();
-    assert_eq!(n, CHUNKS * (CTX - 1 - first));
-    (sum / n as f64).exp()
-}
 
 #[test]
 fn deepseek_v3_perplexity_matches_llama_perplexity() {
@@ -76,7 +34,7 @@ fn deepseek_v3_perplexity_matches_llama_perplexity() {
         let f32_kv = ["-ctk", "f32", "-ctv", "f32", "-fa", "off"];
         let peer = llama_cpp::llama_perplexity(&ppl_bin, &gguf, &text, CTX, CHUNKS, &f32_kv);
         let peer_f16 = llama_cpp::llama_perplexity(&ppl_bin, &gguf, &text, CTX, CHUNKS, &[]);
-        let ours = our_perplexity(&gguf, &tokens);
+        let ours = llama_cpp::engine_perplexity(&gguf, &tokens, CTX, CHUNKS);
         let rel = (ours - peer.ppl).abs() / peer.ppl;
         eprintln!(
             "deepseek-v3 {outtype}: ours {ours:.6}, llama.cpp {:.6} (±{:?}; f16 KV cache {:.6}), rel {rel:.2e}",

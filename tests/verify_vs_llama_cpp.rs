@@ -10,50 +10,8 @@
 
 mod llama_cpp;
 
-use std::path::Path;
-
-use verify::{Engine, EvalOptions, GgufSource, LogitPositions, WeightSource};
-
 const CTX: usize = 128;
 const CHUNKS: usize = 2;
-
-/// Perplexity of `tokens` with llama-perplexity's chunking, computed by our engine.
-fn our_perplexity(gguf: &Path, tokens: &[u32], ctx: usize, chunks: usize) -> f64 {
-    let source = GgufSource::open(gguf).unwrap();
-    let engine = Engine::new(&source).unwrap();
-    let add_bos = source
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let bos = source
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.as_u32());
-    let seqs: Vec<Vec<u32>> = (0..chunks)
-        .map(|k| {
-            let mut c = tokens[k * ctx..(k + 1) * ctx].to_vec();
-            if let (true, Some(b)) = (add_bos, bos) {
-                c[0] = b;
-            }
-            c
-        })
-        .collect();
-    let first = ctx / 2;
-    let opts = EvalOptions {
-        logit_positions: LogitPositions::Range(first..ctx - 1),
-        ..EvalOptions::default()
-    };
-    let (mut sum, mut n) = (0f64, 0usize);
-    engine
-        .evaluate(&seqs, &opts, &mut |seq, pos, logits| {
-            let target = tokens[seq * ctx + pos + 1] as usize;
-            let lse = verify::ops::log_sum_exp(logits);
-            sum += lse - f64::from(logits[target]);
-            n += 1;
-        })
-        .unwrap();
-    assert_eq!(n, chunks * (ctx - 1 - first));
-    (sum / n as f64).exp()
-}
 
 #[test]
 fn perplexity_matches_llama_perplexity() {
@@ -84,7 +42,7 @@ fn perplexity_matches_llama_perplexity() {
                 CHUNKS,
                 &["-ctk", "f32", "-ctv", "f32", "-fa", "off"],
             );
-            let ours = our_perplexity(&gguf, &tokens, CTX, CHUNKS);
+            let ours = llama_cpp::engine_perplexity(&gguf, &tokens, CTX, CHUNKS);
             let rel = (ours - peer.ppl).abs() / peer.ppl;
             eprintln!(
                 "{arch} {outtype}: ours {ours:.6}, llama.cpp {:.6} (±{:?}), rel {rel:.2e}",
@@ -134,7 +92,7 @@ fn timing_bench_qwen2() {
         assert!(tokens.len() >= ctx * chunks, "{} tokens", tokens.len());
         let n = (ctx * chunks) as f64;
         let t = std::time::Instant::now();
-        let ours = our_perplexity(&gguf, &tokens, ctx, chunks);
+        let ours = llama_cpp::engine_perplexity(&gguf, &tokens, ctx, chunks);
         let ours_s = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
         let peer = llama_cpp::llama_perplexity(&ppl_bin, &gguf, &text, ctx, chunks, &[]);

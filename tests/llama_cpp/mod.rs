@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use verify::WeightSource;
+
 /// Converts the HF checkpoint `model` to `out` at `outtype` with the r1q binary.
 pub fn convert(model: &Path, out: &Path, outtype: &str) {
     let res = Command::new(env!("CARGO_BIN_EXE_r1q"))
@@ -132,4 +134,45 @@ pub fn llama_tokenize(bin: &Path, model: &Path, text: &Path) -> Vec<u32> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| s.trim().parse().expect("an integer token id"))
         .collect()
+}
+
+/// Perplexity of `tokens` with llama-perplexity's chunking (REFERENCE §7.1: chunk k =
+/// tokens[k·ctx, (k+1)·ctx), BOS over its first token when add_bos, logits at positions
+/// ctx/2 … ctx−2 score the next token), computed by our engine: the number to hold against
+/// llama-perplexity's on the same token ids.
+pub fn engine_perplexity(gguf: &Path, tokens: &[u32], ctx: usize, chunks: usize) -> f64 {
+    let source = verify::GgufSource::open(gguf).unwrap();
+    let engine = verify::Engine::new(&source).unwrap();
+    let add_bos = source
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let bos = source
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u32());
+    let seqs: Vec<Vec<u32>> = (0..chunks)
+        .map(|k| {
+            let mut c = tokens[k * ctx..(k + 1) * ctx].to_vec();
+            if let (true, Some(b)) = (add_bos, bos) {
+                c[0] = b;
+            }
+            c
+        })
+        .collect();
+    let first = ctx / 2;
+    let opts = verify::EvalOptions {
+        logit_positions: verify::LogitPositions::Range(first..ctx - 1),
+        ..verify::EvalOptions::default()
+    };
+    let (mut sum, mut n) = (0f64, 0usize);
+    engine
+        .evaluate(&seqs, &opts, &mut |seq, pos, logits| {
+            let target = tokens[seq * ctx + pos + 1] as usize;
+            let lse = verify::ops::log_sum_exp(logits);
+            sum += lse - f64::from(logits[target]);
+            n += 1;
+        })
+        .unwrap();
+    assert_eq!(n, chunks * (ctx - 1 - first));
+    (sum / n as f64).exp()
 }
