@@ -1,15 +1,22 @@
 //! `cargo xtask gpu-check`: the one script to run on a machine with an NVIDIA GPU. It checks the
 //! CUDA backend against the CPU path end to end and prints agreement and tokens/s for both.
 //!
+//! Two ways to run it: on a GPU machine with cargo, `cargo xtask gpu-check`; on one without a
+//! Rust toolchain (the lent device machines), `cargo xtask gpu-check --bundle DIR` here first
+//! ([`crate::gpu_bundle`]: prebuilt binaries, the text and `run.sh`), then `bash DIR/run.sh`
+//! there, which runs this same check with `--prebuilt DIR`.
+//!
 //! Steps (each prints what it does; a failing step is reported and the rest still run):
-//! 1. `nvidia-smi -L` (informational) and `cargo build --release --features cuda --bin r1q`.
-//! 2. `cargo test --release -p verify --features cuda --lib -- --ignored gpu_`: every NVRTC
-//!    dequantization kernel on the device against the CPU reference, bit for bit, and cuBLAS
-//!    against `ops::matmul`.
-//! 3. Fixtures (deterministic, seed 0) under `target/gpu-check/`: the tiny deepseek-v3, qwen2 and
+//! 1. `nvidia-smi -L` (informational) and `cargo build --release --features cuda --bin r1q`
+//!    (skipped with `--prebuilt`).
+//! 2. `cargo test --release -p verify --features cuda --lib -- --ignored gpu_` (or the bundle's
+//!    test binary): every NVRTC kernel on the device against the CPU reference, bit for bit, and
+//!    cuBLAS against `ops::matmul`.
+//! 3. Fixtures (deterministic, seed 0) under the work directory: the tiny deepseek-v3, qwen2 and
 //!    llama checkpoints, each as the HF directory itself and converted to Q8_0 and Q4_K_M GGUFs
-//!    (F16/BF16, FP8, Q8_0, Q4_K, Q6_K … weights), plus the `bench` deepseek-v3 preset (a few
-//!    hundred MB — the largest generated fixture; no multi-GB preset exists) as Q4_K_M.
+//!    (F16/BF16, FP8, Q8_0, Q4_K, Q6_K … weights), plus a large deepseek-v3 (`--large`, default
+//!    the `gpu` preset: ~3.4 GB of FP8, 128 experts × 7 MoE layers) as its HF directory (FP8
+//!    read directly) and as Q4_K_M.
 //! 4. For each model: `r1q perplexity` with `--device cpu` and `--device cuda` (PPL must agree
 //!    within `--ppl-tolerance`, relative), and for GGUFs `r1q imatrix` on both (every entry's
 //!    values within `--imatrix-tolerance`, relative, same entries); wall time → tokens/s.
@@ -25,6 +32,7 @@ use anyhow::{bail, Context, Result};
 use fixtures::{Arch, Options, Preset};
 use formats::imatrix::Imatrix;
 
+use crate::gpu_bundle::{self, cargo};
 use crate::test::workspace_root;
 
 /// Arguments of `cargo xtask gpu-check`.
@@ -46,12 +54,22 @@ pub struct Args {
     /// in another order).
     #[arg(long, default_value_t = 1e-2)]
     imatrix_tolerance: f64,
-    /// Skip the bench-size deepseek-v3 model (minutes on the CPU).
-    #[arg(long)]
-    no_bench: bool,
+    /// The large deepseek-v3 fixture: `gpu` (~3.4 GB FP8), `bench` (~300 MB) or `none`.
+    #[arg(long, default_value = "gpu", value_name = "PRESET")]
+    large: String,
     /// Use an already built target/release/r1q.
     #[arg(long)]
     skip_build: bool,
+    /// Build the binaries here and write a bundle for a GPU machine without cargo into DIR
+    /// (then run `bash DIR/run.sh` there); nothing else is done.
+    #[arg(long, value_name = "DIR", conflicts_with = "prebuilt")]
+    bundle: Option<PathBuf>,
+    /// Run from a bundle made by `--bundle` (its r1q, kernel-test binary and text; no cargo).
+    #[arg(long, value_name = "DIR")]
+    prebuilt: Option<PathBuf>,
+    /// Where fixtures and outputs go (default: target/gpu-check, or DIR/work with --prebuilt).
+    #[arg(long, value_name = "DIR")]
+    work: Option<PathBuf>,
 }
 
 /// One perplexity (or imatrix) comparison for the summary.
@@ -68,8 +86,22 @@ struct Row {
 
 /// Runs the whole check.
 pub fn run(args: Args) -> Result<()> {
+    if let Some(dir) = &args.bundle {
+        return gpu_bundle::make(dir);
+    }
+    let large = match args.large.as_str() {
+        "none" => None,
+        p => Some(
+            p.parse::<Preset>()
+                .map_err(|e| anyhow::anyhow!("--large: {e}"))?,
+        ),
+    };
     let root = workspace_root();
-    let work = root.join("target/gpu-check");
+    let work = match (&args.work, &args.prebuilt) {
+        (Some(w), _) => w.clone(),
+        (None, Some(b)) => b.join("work"),
+        (None, None) => root.join("target/gpu-check"),
+    };
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut failures: Vec<String> = Vec::new();
     println!(
@@ -83,8 +115,11 @@ pub fn run(args: Args) -> Result<()> {
         Err(e) => println!("   nvidia-smi not found ({e}); continuing — r1q will say if no GPU"),
     }
 
-    let r1q = root.join("target/release/r1q");
-    if !args.skip_build {
+    let r1q = match &args.prebuilt {
+        Some(b) => b.join(gpu_bundle::R1Q),
+        None => root.join("target/release/r1q"),
+    };
+    if !args.skip_build && args.prebuilt.is_none() {
         step("cargo build --release --features cuda --bin r1q");
         cargo(
             &root,
@@ -98,29 +133,37 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
 
-    step("kernels on the device vs the CPU reference (cargo test … -- --ignored gpu_)");
-    if let Err(e) = cargo(
-        &root,
-        &[
-            "test",
-            "--release",
-            "-p",
-            "verify",
-            "--features",
-            "cuda",
-            "--lib",
-            "--",
-            "--ignored",
-            "--nocapture",
-            "gpu_",
-        ],
-    ) {
+    step("kernels on the device vs the CPU reference (verify's tests -- --ignored gpu_)");
+    let kernels = match &args.prebuilt {
+        Some(b) => run_binary(
+            &b.join(gpu_bundle::KERNEL_TESTS),
+            &["--ignored", "--nocapture", "--test-threads", "1", "gpu_"],
+        ),
+        None => cargo(
+            &root,
+            &[
+                "test",
+                "--release",
+                "-p",
+                "verify",
+                "--features",
+                "cuda",
+                "--lib",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "gpu_",
+            ],
+        ),
+    };
+    if let Err(e) = kernels {
         failures.push(format!("device kernel test: {e:#}"));
     }
 
-    let text = match &args.text {
-        Some(t) => t.clone(),
-        None => default_text(&root, &work)?,
+    let text = match (&args.text, &args.prebuilt) {
+        (Some(t), _) => t.clone(),
+        (None, Some(b)) if b.join(gpu_bundle::TEXT).exists() => b.join(gpu_bundle::TEXT),
+        _ => default_text(&root, &work)?,
     };
     println!("   text: {}", text.display());
 
@@ -136,12 +179,17 @@ pub fn run(args: Args) -> Result<()> {
             models.push((format!("{arch} tiny {ty}"), out));
         }
     }
-    if !args.no_bench {
-        let dir = work.join("deepseek-v3-bench");
-        fixture(Arch::DeepseekV3, Preset::Bench, &dir)?;
-        let out = work.join("deepseek-v3-bench-Q4_K_M.gguf");
+    if let Some(preset) = large {
+        let dir = work.join(format!("deepseek-v3-{preset}"));
+        let start = Instant::now();
+        fixture(Arch::DeepseekV3, preset, &dir)?;
+        println!("   ({:.1} s)", start.elapsed().as_secs_f64());
+        let out = work.join(format!("deepseek-v3-{preset}-Q4_K_M.gguf"));
+        let start = Instant::now();
         convert(&r1q, &dir, &out, "Q4_K_M")?;
-        models.push(("deepseek-v3 bench Q4_K_M".into(), out));
+        println!("   FP8 → Q4_K_M in {:.1} s", start.elapsed().as_secs_f64());
+        models.push((format!("deepseek-v3 {preset} HF (FP8)"), dir));
+        models.push((format!("deepseek-v3 {preset} Q4_K_M"), out));
     }
 
     let tokens = (args.ctx_size * args.chunks) as f64;
@@ -364,15 +412,14 @@ fn step(what: &str) {
     println!("\n-- {what}");
 }
 
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+/// Runs a prebuilt binary with its output shown, failing on a non-zero exit.
+fn run_binary(bin: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(bin)
         .args(args)
-        .current_dir(root)
         .status()
-        .with_context(|| format!("starting {cargo}"))?;
+        .with_context(|| format!("starting {}", bin.display()))?;
     if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
+        bail!("{} {} failed ({status})", bin.display(), args.join(" "));
     }
     Ok(())
 }

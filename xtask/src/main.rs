@@ -2,6 +2,7 @@
 
 mod bench;
 mod fixture;
+mod gpu_bundle;
 mod gpu_check;
 mod peer;
 mod real_model;
