@@ -1,15 +1,22 @@
 //! The device seam of the engine: which processor runs the heavy ops of a layer (the GEMMs
-//! `x · wᵀ` over all tokens, and the dequantization of the layer's weights).
+//! `x · wᵀ` over all tokens, the dequantization of the layer's weights, and the routed MoE
+//! experts).
 //!
 //! Why a seam and not a second engine: the blocks (`arch/`) are written once, on host [`Mat`]s;
-//! a [`Backend`] is consulted at the two places where the work is — [`crate::LayerCtx::matmul`]
-//! (every projection) and the weight loads of a layer (through [`BackendSource`], which hands
-//! the raw bytes of a tensor to [`Backend::dequantize`]). The CPU backend calls exactly the
-//! existing ops, so `--device cpu` gives the same numbers at the same speed as before.
+//! a [`Backend`] is consulted at the three places where the work is — [`crate::LayerCtx::matmul`]
+//! (every projection), the weight loads of a layer (through [`BackendSource`], which hands the
+//! raw bytes of a tensor to [`Backend::dequantize`]), and each routed expert of an MoE layer
+//! ([`Backend::expert_ffn`]: the block gathers the expert's tokens, the backend reads the
+//! expert's weights from the source and returns its SwiGLU activations and output). The CPU
+//! backend calls exactly the existing ops ([`expert_ffn_cpu`] is the former in-block expert
+//! code, with its reused buffers and parallel waves of experts), so `--device cpu` gives the
+//! same numbers at the same speed as before.
 //!
 //! The CUDA backend (feature `cuda`, [`crate::cuda`]) dequantizes on the GPU from the raw bytes,
-//! keeps the layer's f32 weights resident there until [`Backend::end_layer`], and runs every
-//! [`Backend::matmul`] on cuBLAS. What stays on the CPU is listed in the `cuda` module docs.
+//! keeps the layer's f32 weights resident there until [`Backend::end_layer`], runs every
+//! [`Backend::matmul`] on cuBLAS, and runs each routed expert whole on the GPU from its raw rows
+//! ([`WeightSource::raw_rows`]), one expert at a time. What stays on the CPU is listed in the
+//! `cuda` module docs.
 
 use std::fmt;
 use std::ops::Range;
@@ -20,7 +27,7 @@ use formats::ggml_type::GgmlType;
 use formats::gguf::GgufValue;
 
 use crate::error::{Result, VerifyError};
-use crate::ops;
+use crate::ops::{self, gemm_into, MatRef, Rhs};
 use crate::source::WeightSource;
 use crate::tensor::Mat;
 
@@ -130,13 +137,160 @@ pub enum RawTensor<'a> {
     },
 }
 
+impl<'a> RawTensor<'a> {
+    /// Rows `rows` of this tensor (viewed 2-D, `width` values per row) as a tensor of their own,
+    /// e.g. one expert of a stacked `*_exps` tensor, so a device uploads only those bytes.
+    ///
+    /// ggml blocks: a row range of a row-major tensor is the byte range
+    /// `row_size(width) · rows`. FP8: the rows and their rows of the scale grid; the start must
+    /// lie on a scale-block boundary (a multiple of `block[0]`), otherwise the slice's first
+    /// scale row would cover rows before it, which [`RawTensor::Fp8Block`] cannot say. `None`
+    /// when the bytes cannot be cut there (row length not whole blocks, range beyond the data,
+    /// misaligned FP8 start, sizes that contradict the shape).
+    pub fn slice_rows(self, width: usize, rows: Range<usize>) -> Option<RawTensor<'a>> {
+        if rows.start > rows.end {
+            return None;
+        }
+        match self {
+            RawTensor::Ggml { ty, data } => {
+                let row_bytes = ty.row_size(width as u64)? as usize;
+                let data = data.get(rows.start * row_bytes..rows.end * row_bytes)?;
+                Some(RawTensor::Ggml { ty, data })
+            }
+            RawTensor::Fp8Block {
+                data,
+                scales,
+                rows: n_rows,
+                cols,
+                block,
+            } => {
+                check_fp8(data, scales, n_rows, cols, block).ok()?;
+                if cols != width || rows.end > n_rows || !rows.start.is_multiple_of(block[0]) {
+                    return None;
+                }
+                let scale_row_bytes = 4 * cols.div_ceil(block[1]);
+                let first = rows.start / block[0];
+                let n_scale_rows = rows.len().div_ceil(block[0]);
+                Some(RawTensor::Fp8Block {
+                    data: data.get(rows.start * cols..rows.end * cols)?,
+                    scales: scales
+                        .get(first * scale_row_bytes..(first + n_scale_rows) * scale_row_bytes)?,
+                    rows: rows.len(),
+                    cols,
+                    block,
+                })
+            }
+        }
+    }
+}
+
+/// One routed expert of an MoE layer over the tokens routed to it ([`Backend::expert_ffn`]):
+/// `g = silu(x · gateᵀ) ⊙ (x · upᵀ)` and `y = g · downᵀ`.
+///
+/// The stacked tensors are read as 2-D views: gate/up `[n_expert·n_ff, n_embd]` (expert e =
+/// rows `e·n_ff .. (e+1)·n_ff`), down `[n_expert·n_embd, n_ff]` (rows `e·n_embd ..`).
+#[derive(Clone, Copy)]
+pub struct ExpertJob<'a> {
+    /// Where the stacked expert tensors are read from.
+    pub source: &'a dyn WeightSource,
+    /// GGUF names of `ffn_gate_exps`, `ffn_up_exps`, `ffn_down_exps` (in that order).
+    pub names: [&'a str; 3],
+    /// The expert index e.
+    pub expert: usize,
+    /// Model width.
+    pub n_embd: usize,
+    /// Expert width.
+    pub n_ff: usize,
+    /// The routed tokens' inputs, gathered: `[n, n_embd]`.
+    pub x: &'a Mat,
+    /// Whether the CPU GEMMs may use all threads (false while several experts run at once).
+    pub parallel: bool,
+}
+
+impl ExpertJob<'_> {
+    /// `[rows, cols]` of expert weight `i` (0 gate, 1 up, 2 down).
+    pub fn shape(&self, i: usize) -> (usize, usize) {
+        if i == 2 {
+            (self.n_embd, self.n_ff)
+        } else {
+            (self.n_ff, self.n_embd)
+        }
+    }
+
+    /// The rows of weight `i`'s 2-D view that hold this expert.
+    pub fn rows(&self, i: usize) -> Range<u64> {
+        let per = self.shape(i).0 as u64;
+        let e = self.expert as u64;
+        e * per..(e + 1) * per
+    }
+}
+
+/// What [`Backend::expert_ffn`] produces, plus the host buffers the CPU path reuses from expert
+/// to expert (`Vec`s keep their capacity: after the first expert nothing is allocated).
+#[derive(Debug, Clone)]
+pub struct ExpertOut {
+    /// `silu(x · gateᵀ) ⊙ (x · upᵀ)` `[n, n_ff]`: the down projection's input, which the
+    /// calibration observer sees for `ffn_down_exps`.
+    pub g: Mat,
+    /// The expert's output `[n, n_embd]`.
+    pub y: Mat,
+    /// gate, up, down as host f32 (the CPU path; a device backend's fallback for weights it
+    /// has no raw bytes for).
+    pub(crate) weights: [Vec<f32>; 3],
+    /// `x · upᵀ` `[n, n_ff]` (the CPU path).
+    u: Mat,
+}
+
+impl Default for ExpertOut {
+    fn default() -> ExpertOut {
+        ExpertOut {
+            g: Mat::zeros(0, 0),
+            y: Mat::zeros(0, 0),
+            weights: Default::default(),
+            u: Mat::zeros(0, 0),
+        }
+    }
+}
+
+/// The CPU reference of [`Backend::expert_ffn`] (and its default): each weight dequantized by
+/// the source into the reused host buffers (`load_row_range_into`), three `gemm_into` on
+/// slices of them, [`ops::swiglu`] between.
+pub fn expert_ffn_cpu(job: &ExpertJob<'_>, out: &mut ExpertOut) -> Result<()> {
+    let (n, n_embd, n_ff) = (job.x.rows, job.n_embd, job.n_ff);
+    // Each of the three matrices holds n_ff·n_embd values.
+    for (i, buf) in out.weights.iter_mut().enumerate() {
+        buf.resize(n_ff * n_embd, 0.0);
+        job.source
+            .load_row_range_into(job.names[i], job.rows(i), buf)?;
+    }
+    let [gate, up, down] = &out.weights;
+    out.g.reshape(n, n_ff);
+    out.u.reshape(n, n_ff);
+    let gw = MatRef::slice(gate, n_embd, 0, n_ff, 0, n_embd);
+    let uw = MatRef::slice(up, n_embd, 0, n_ff, 0, n_embd);
+    let xv = ops::view(job.x);
+    // `dst = a · wᵀ`.
+    let mm = |dst: &mut [f32], n_out, a, w| {
+        gemm_into(dst, n_out, a, w, Rhs::Transposed, false, job.parallel);
+    };
+    mm(&mut out.g.data, n_ff, xv, gw);
+    mm(&mut out.u.data, n_ff, xv, uw);
+    ops::swiglu(&mut out.g, &out.u);
+    out.y.reshape(n, n_embd);
+    let dw = MatRef::slice(down, n_ff, 0, n_embd, 0, n_ff);
+    mm(&mut out.y.data, n_embd, ops::view(&out.g), dw);
+    Ok(())
+}
+
 /// The heavy ops of one layer, on some device.
 ///
 /// Contract: every method gives the numbers of the CPU reference ([`ops::matmul`],
-/// `quantize::dequantize_rows`, the FP8 block decoder) up to f32 rounding order. Methods are
-/// infallible where the blocks call them (`matmul` returns a [`Mat`]); a device error there is
-/// recorded, the CPU result is used, and [`Backend::end_layer`] reports the error, so a failing
-/// GPU stops the run with a clear message instead of a panic or silently wrong numbers.
+/// `quantize::dequantize_rows`, the FP8 block decoder, [`expert_ffn_cpu`]) up to f32 rounding
+/// order. Methods are infallible where the blocks call them (`matmul` returns a [`Mat`]); a
+/// device error there is recorded, the CPU result is used, and [`Backend::end_layer`] reports
+/// the error, so a failing GPU stops the run with a clear message instead of a panic or
+/// silently wrong numbers. [`Backend::expert_ffn`] can fail anyway (its source may), so it
+/// returns device errors directly.
 pub trait Backend: Send + Sync {
     /// The device this backend runs on.
     fn device(&self) -> Device;
@@ -167,6 +321,22 @@ pub trait Backend: Send + Sync {
     ) -> std::result::Result<(), String> {
         let _ = name;
         dequantize_cpu(raw, width, rows, out)
+    }
+
+    /// How many routed experts of an MoE layer run at once, `active` of them having tokens.
+    /// The default, for the CPU, is one per worker thread
+    /// ([`crate::engine::experts_in_flight`]): experts are independent, so each thread
+    /// dequantizes and multiplies its own. A device that serialises its work returns 1.
+    fn experts_at_once(&self, active: usize) -> usize {
+        crate::engine::experts_in_flight(active)
+    }
+
+    /// Runs one routed expert over its gathered tokens into `out` ([`ExpertJob`]). `out` is
+    /// reused from expert to expert. The default is [`expert_ffn_cpu`]. Errors: the source's
+    /// (an expert that cannot be read), or a device error (returned at once, with any error
+    /// recorded earlier in the layer).
+    fn expert_ffn(&self, job: &ExpertJob<'_>, out: &mut ExpertOut) -> Result<()> {
+        expert_ffn_cpu(job, out)
     }
 
     /// Called after each layer (and after the logits): frees the layer's device weights and
@@ -396,14 +566,266 @@ impl WeightSource for BackendSource<'_> {
     fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
         self.inner.raw(name)
     }
+    fn raw_rows(&self, name: &str, rows: Range<u64>) -> Option<RawTensor<'_>> {
+        self.inner.raw_rows(name, rows)
+    }
     fn description(&self) -> String {
         self.inner.description()
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    /// Deterministic pseudo-random values in about [-2, 2) (xorshift).
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// `(rows, cols, block)` of the FP8 test weight: ragged scale blocks at both edges.
+    pub(crate) const FP8_SHAPE: (usize, usize, [usize; 2]) = (300, 260, [128, 128]);
+
+    /// The FP8 test weight's bytes (E4M3 codes cycling through every value, NaN included) and
+    /// scales ([`values`] × `scale`), as an HF checkpoint stores them.
+    pub(crate) fn fp8_bytes(scale: f32) -> (Vec<u8>, Vec<u8>) {
+        let (rows, cols, block) = FP8_SHAPE;
+        let data: Vec<u8> = (0..rows * cols).map(|i| (i * 7 + i / 256) as u8).collect();
+        let n_scales = rows.div_ceil(block[0]) * cols.div_ceil(block[1]);
+        let scales: Vec<u8> = values(n_scales, 5)
+            .iter()
+            .flat_map(|v| (v * scale).to_le_bytes())
+            .collect();
+        (data, scales)
+    }
+
+    /// [`fp8_bytes`] as a [`RawTensor`].
+    pub(crate) fn fp8_raw<'a>(data: &'a [u8], scales: &'a [u8]) -> RawTensor<'a> {
+        let (rows, cols, block) = FP8_SHAPE;
+        RawTensor::Fp8Block {
+            data,
+            scales,
+            rows,
+            cols,
+            block,
+        }
+    }
+
+    /// ggml tensors in memory with their raw bytes (what a GGUF file gives), f32 loads through
+    /// the trait's defaults.
+    pub(crate) struct RawSource {
+        tensors: HashMap<String, (Vec<u64>, GgmlType, Vec<u8>)>,
+        /// A tensor to offer without raw bytes (f32 loads only), as an HF source does.
+        pub(crate) no_raw: Option<&'static str>,
+    }
+
+    impl WeightSource for RawSource {
+        fn metadata(&self) -> &[(String, GgufValue)] {
+            &[]
+        }
+        fn get(&self, _key: &str) -> Option<&GgufValue> {
+            None
+        }
+        fn tensor_dims(&self, name: &str) -> Option<Vec<u64>> {
+            self.tensors.get(name).map(|t| t.0.clone())
+        }
+        fn tensor_bytes(&self, name: &str) -> Option<u64> {
+            self.tensors.get(name).map(|t| t.2.len() as u64)
+        }
+        fn tensor_names(&self) -> Vec<String> {
+            self.tensors.keys().cloned().collect()
+        }
+        fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
+            let (dims, ty, data) = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
+            let mut out = vec![0f32; dims.iter().product::<u64>() as usize];
+            quantize::dequantize_rows(*ty, data, &mut out).expect("dequantize");
+            Ok(out)
+        }
+        fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+            if self.no_raw == Some(name) {
+                return None;
+            }
+            let (_, ty, data) = self.tensors.get(name)?;
+            Some(RawTensor::Ggml { ty: *ty, data })
+        }
+        fn description(&self) -> String {
+            "raw test tensors".into()
+        }
+    }
+
+    /// Expert width of [`expert_source`] (a K-quant block wide, as R1's 2048 is).
+    pub(crate) const N_FF: usize = 512;
+    /// Model width of [`expert_source`].
+    pub(crate) const N_EMBD: usize = 256;
+    /// Experts of [`expert_source`].
+    pub(crate) const N_EXPERT: usize = 3;
+    /// Names of the stacked expert tensors of [`expert_source`].
+    pub(crate) const EXPS: [&str; 3] = [
+        "blk.1.ffn_gate_exps.weight",
+        "blk.1.ffn_up_exps.weight",
+        "blk.1.ffn_down_exps.weight",
+    ];
+
+    /// A layer's stacked experts as a GGUF holds them: gate Q4_K, up Q8_0, down Q6_K.
+    pub(crate) fn expert_source() -> RawSource {
+        let mut tensors = HashMap::new();
+        let shapes = [
+            (GgmlType::Q4_K, [N_EMBD, N_FF]),
+            (GgmlType::Q8_0, [N_EMBD, N_FF]),
+            (GgmlType::Q6_K, [N_FF, N_EMBD]),
+        ];
+        for (i, (name, (ty, [width, rows]))) in EXPS.iter().zip(shapes).enumerate() {
+            let n_rows = rows * N_EXPERT;
+            let scale = 0.5 / (width as f32).sqrt();
+            let x: Vec<f32> = values(width * n_rows, 11 + i as u64)
+                .iter()
+                .map(|v| v * scale)
+                .collect();
+            let mut data = vec![0u8; ty.row_size(width as u64).unwrap() as usize * n_rows];
+            quantize::quantize_rows(ty, &x, width, None, &mut data).expect("quantize");
+            let dims = vec![width as u64, rows as u64, N_EXPERT as u64];
+            tensors.insert(name.to_string(), (dims, ty, data));
+        }
+        RawSource {
+            tensors,
+            no_raw: None,
+        }
+    }
+
+    /// Expert `e`'s job over `x` on [`expert_source`].
+    pub(crate) fn expert_job<'a>(
+        source: &'a dyn WeightSource,
+        e: usize,
+        x: &'a Mat,
+        parallel: bool,
+    ) -> ExpertJob<'a> {
+        ExpertJob {
+            source,
+            names: EXPS,
+            expert: e,
+            n_embd: N_EMBD,
+            n_ff: N_FF,
+            x,
+            parallel,
+        }
+    }
+
+    /// The default (CPU) `expert_ffn` is the direct computation: the expert's rows dequantized,
+    /// `ops::matmul`, `ops::swiglu`, `ops::matmul` — bit for bit, with and without threads,
+    /// and with its buffers reused across experts and token counts.
+    #[test]
+    fn cpu_expert_ffn_is_the_direct_computation() {
+        let src = expert_source();
+        let backend = CpuBackend;
+        let mut out = ExpertOut::default();
+        for (e, n, parallel) in [(2, 9, true), (0, 3, false), (1, 17, true), (2, 1, false)] {
+            let x = Mat::from_vec(n, N_EMBD, values(n * N_EMBD, 100 + n as u64));
+            let job = expert_job(&src, e, &x, parallel);
+            backend.expert_ffn(&job, &mut out).expect("expert");
+            let w: Vec<Mat> = (0..3)
+                .map(|i| {
+                    let (r, c) = job.shape(i);
+                    let data = src.load_row_range_f32(EXPS[i], job.rows(i)).expect("rows");
+                    Mat::from_vec(r, c, data)
+                })
+                .collect();
+            let mut g = ops::matmul(&x, &w[0]);
+            ops::swiglu(&mut g, &ops::matmul(&x, &w[1]));
+            let y = ops::matmul(&g, &w[2]);
+            assert_eq!(out.g, g, "expert {e}, {n} tokens: g");
+            assert_eq!(out.y, y, "expert {e}, {n} tokens: y");
+        }
+        assert_eq!(
+            backend.experts_at_once(40),
+            crate::engine::experts_in_flight(40)
+        );
+    }
+
+    /// ggml: an expert's raw rows, dequantized, are those rows of the whole tensor
+    /// dequantized; ranges beyond the tensor have no raw rows.
+    #[test]
+    fn raw_rows_of_ggml_are_rows_of_the_whole_tensor() {
+        let src = expert_source();
+        for name in EXPS {
+            let all = src.load_f32(name).expect("whole");
+            let dims = src.tensor_dims(name).expect("dims");
+            let (width, n_rows) = (dims[0] as usize, (dims[1] * dims[2]) as usize);
+            let per = dims[1] as usize;
+            for rows in [0..per, per..2 * per, 2 * per..3 * per, 5..6, 7..7] {
+                let raw = src
+                    .raw_rows(name, rows.start as u64..rows.end as u64)
+                    .expect("raw rows");
+                let mut got = vec![0f32; rows.len() * width];
+                dequantize_cpu(raw, width, 0..rows.len(), &mut got).expect("dequantize");
+                assert_eq!(
+                    got,
+                    all[rows.start * width..rows.end * width],
+                    "{name} {rows:?}"
+                );
+            }
+            assert!(src.raw_rows(name, 0..n_rows as u64 + 1).is_none());
+            assert!(src.raw_rows("absent", 0..1).is_none());
+        }
+        // The BackendSource wrapper hands the inner source's rows on.
+        let wrapped = BackendSource::new(&src, &CpuBackend);
+        let (a, b) = (
+            src.raw_rows(EXPS[2], 256..512),
+            wrapped.raw_rows(EXPS[2], 256..512),
+        );
+        match (a, b) {
+            (Some(RawTensor::Ggml { data: a, .. }), Some(RawTensor::Ggml { data: b, .. })) => {
+                assert_eq!(a.as_ptr(), b.as_ptr());
+                assert_eq!(a.len(), b.len());
+            }
+            _ => panic!("raw rows missing"),
+        }
+    }
+
+    /// FP8: a slice starting on a scale block keeps its scale rows (full and ragged ends); a
+    /// slice starting inside one is refused, as are ranges beyond the tensor or a wrong width.
+    #[test]
+    fn raw_rows_of_fp8_keep_scale_block_alignment() {
+        let (rows, cols, _) = FP8_SHAPE;
+        let (data, scales) = fp8_bytes(1.0);
+        let raw = fp8_raw(&data, &scales);
+        let mut all = vec![0f32; rows * cols];
+        dequantize_cpu(raw, cols, 0..rows, &mut all).expect("whole");
+        for r in [
+            0..rows,
+            0..128,
+            128..256,
+            256..300,
+            128..300,
+            0..100,
+            128..129,
+            256..256,
+        ] {
+            let slice = raw.slice_rows(cols, r.clone()).expect("aligned slice");
+            let mut got = vec![0f32; r.len() * cols];
+            dequantize_cpu(slice, cols, 0..r.len(), &mut got).expect("slice");
+            // Bits, not values: the E4M3 codes include NaN.
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(
+                bits(&got),
+                bits(&all[r.start * cols..r.end * cols]),
+                "rows {r:?}"
+            );
+        }
+        for r in [1..128, 100..200, 129..300, 0..301] {
+            assert!(raw.slice_rows(cols, r.clone()).is_none(), "rows {r:?}");
+        }
+        assert!(raw.slice_rows(cols + 1, 0..128).is_none());
+    }
 
     #[test]
     fn device_names_parse_and_print() {

@@ -118,6 +118,12 @@ impl<'a> LayerCtx<'a> {
         self
     }
 
+    /// The backend running this layer's heavy ops ([`backend::CpuBackend`] without one), for
+    /// blocks that hand it more than a matmul (the MoE experts, [`Backend::expert_ffn`]).
+    pub fn backend(&self) -> &'a dyn Backend {
+        self.backend.unwrap_or(&backend::CpuBackend)
+    }
+
     /// `x · wᵀ` on the context's backend (the CPU's [`ops::matmul`] without one).
     fn product(&self, weight_name: &str, x: &Mat, w: &Mat) -> Mat {
         match self.backend {

@@ -93,6 +93,20 @@ pub trait WeightSource: Sync {
         None
     }
 
+    /// Rows `rows` of [`WeightSource::raw`] (the tensor viewed 2-D, `ne[0]` values per row,
+    /// all higher dims flattened into rows) as stored, e.g. one expert of a stacked `*_exps`
+    /// tensor for a device to upload and dequantize. The default cuts `raw(name)` with
+    /// [`crate::backend::RawTensor::slice_rows`]; `None` when there are no raw bytes or they
+    /// cannot be cut there (an FP8 range not starting on a scale block).
+    fn raw_rows(&self, name: &str, rows: Range<u64>) -> Option<crate::backend::RawTensor<'_>> {
+        let (width, n_rows) = flat_rows(&self.tensor_dims(name)?);
+        if rows.end > n_rows {
+            return None;
+        }
+        let rows = usize::try_from(rows.start).ok()?..usize::try_from(rows.end).ok()?;
+        self.raw(name)?.slice_rows(width, rows)
+    }
+
     /// One line naming the source for messages: `GGUF file /x/y.gguf`, `HF checkpoint /dir`.
     fn description(&self) -> String;
 

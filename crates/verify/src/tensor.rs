@@ -39,6 +39,14 @@ impl Mat {
     pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
         &mut self.data[r * self.cols..(r + 1) * self.cols]
     }
+
+    /// Makes this `[rows, cols]` without shrinking its allocation; the contents are unspecified
+    /// (for buffers reused across experts, overwritten by the next product).
+    pub fn reshape(&mut self, rows: usize, cols: usize) {
+        self.data.resize(rows * cols, 0.0);
+        self.rows = rows;
+        self.cols = cols;
+    }
 }
 
 /// Where each sequence (chunk) lives in the activation rows: sequences are evaluated

@@ -624,3 +624,67 @@ fn shapes_that_contradict_the_metadata_are_refused_by_name() {
     // The good model loads.
     assert!(Deepseek2Block::load_layer(&src, &config, 1).is_ok());
 }
+
+/// The CPU backend, but experts one at a time, each recorded: what a GPU backend's dispatch
+/// looks like to the block.
+#[derive(Default)]
+struct OneExpertAtATime {
+    experts: Mutex<Vec<(usize, usize)>>,
+}
+
+impl verify::Backend for OneExpertAtATime {
+    fn device(&self) -> verify::Device {
+        verify::Device::Cpu
+    }
+    fn describe(&self) -> String {
+        "cpu, one expert at a time".into()
+    }
+    fn matmul(&self, _name: &str, x: &Mat, w: &Mat) -> Mat {
+        verify::ops::matmul(x, w)
+    }
+    fn experts_at_once(&self, _active: usize) -> usize {
+        1
+    }
+    fn expert_ffn(
+        &self,
+        job: &verify::backend::ExpertJob<'_>,
+        out: &mut verify::backend::ExpertOut,
+    ) -> Result<()> {
+        assert_eq!(job.names[2], "blk.1.ffn_down_exps.weight");
+        self.experts.lock().unwrap().push((job.expert, job.x.rows));
+        verify::backend::expert_ffn_cpu(job, out)
+    }
+}
+
+/// The MoE block runs every routed expert through the context's backend (`expert_ffn`), in
+/// expert order, and the number of experts in flight does not change a bit of the output.
+#[test]
+fn experts_run_on_the_backend_and_waves_do_not_change_the_output() {
+    let src = model(5);
+    let config = ModelConfig::from_metadata(&src).unwrap();
+    let t: usize = SPANS.iter().map(|s| s.len).sum();
+    let x0 = Mat::from_vec(t, E, Rng(7).vec(t * E, 1.0));
+    let block = Deepseek2Block::load_layer(&src, &config, 1).unwrap();
+    let mut cpu = x0.clone();
+    block
+        .forward(&mut cpu, &SPANS, &mut LayerCtx::new(1, &config, None))
+        .unwrap();
+    let backend = OneExpertAtATime::default();
+    let rec = Recorder::default();
+    let mut ctx = LayerCtx::new(1, &config, Some(&rec)).with_backend(&backend);
+    let mut one = x0.clone();
+    block.forward(&mut one, &SPANS, &mut ctx).unwrap();
+    assert_eq!(one, cpu, "one expert at a time changed the output");
+    let calls = backend.experts.lock().unwrap();
+    assert!(!calls.is_empty());
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0), "{calls:?}");
+    assert_eq!(calls.iter().map(|c| c.1).sum::<usize>(), t * USED);
+    // The observer saw each expert's rows for gate, up and down, as on the CPU path.
+    let seen = rec.experts.lock().unwrap();
+    for (e, n) in calls.iter() {
+        for name in ["gate", "up", "down"] {
+            let full = format!("blk.1.ffn_{name}_exps.weight");
+            assert!(seen.contains(&(full, *e, *n)), "{name} of expert {e}");
+        }
+    }
+}

@@ -16,9 +16,9 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
-use super::kernels::{self, kernel_for, launch_dims, FP8_KERNEL, KERNELS};
+use super::kernels::{self, kernel_for, launch_dims, FP8_KERNEL, KERNELS, SWIGLU_KERNEL};
 use super::{gemm_params, Op};
-use crate::backend::{check_fp8, Backend, Device, DeviceError, RawTensor};
+use crate::backend::{check_fp8, Backend, Device, DeviceError, ExpertJob, ExpertOut, RawTensor};
 use crate::ops;
 use crate::tensor::Mat;
 
@@ -122,7 +122,11 @@ impl CudaBackend {
             .load_module(ptx)
             .map_err(|e| init(format!("loading the kernels: {e}")))?;
         let mut functions = HashMap::new();
-        for name in KERNELS.iter().map(|k| k.kernel).chain([FP8_KERNEL]) {
+        for name in KERNELS
+            .iter()
+            .map(|k| k.kernel)
+            .chain([FP8_KERNEL, SWIGLU_KERNEL])
+        {
             let f = module
                 .load_function(name)
                 .map_err(|e| init(format!("kernel {name}: {e}")))?;
@@ -174,15 +178,10 @@ impl CudaBackend {
         dst: &mut CudaSlice<f32>,
         n: u64,
     ) -> Result<(), String> {
-        let Some((grid, threads)) = launch_dims(n) else {
+        let Some(cfg) = launch_config(n) else {
             return Ok(());
         };
         let f = self.function(kernel)?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let mut args = self.stream.launch_builder(f);
         args.arg(src).arg(dst).arg(&n);
         // SAFETY: the kernel reads bytes (i / QK)·BYTES .. +BYTES of `src` for i < n, and the
@@ -201,7 +200,30 @@ impl CudaBackend {
         rows: Range<usize>,
         out: &mut [f32],
     ) -> Result<CudaSlice<f32>, String> {
-        let n = out.len();
+        if out.len() != rows.len() * width {
+            return Err(format!(
+                "output holds {} values, rows {rows:?} × {width} need {}",
+                out.len(),
+                rows.len() * width
+            ));
+        }
+        let dst = self.dequantize_on_device(raw, width, rows)?;
+        self.stream
+            .memcpy_dtoh(&dst, out)
+            .map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())?;
+        Ok(dst)
+    }
+
+    /// Uploads rows `rows` of `raw` (`width` values each) and dequantizes them into a new
+    /// device buffer (nothing comes back to the host).
+    fn dequantize_on_device(
+        &self,
+        raw: RawTensor<'_>,
+        width: usize,
+        rows: Range<usize>,
+    ) -> Result<CudaSlice<f32>, String> {
+        let n = rows.len() * width;
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         let mut dst = self
             .stream
@@ -252,13 +274,8 @@ impl CudaBackend {
                     .stream
                     .clone_htod(&scale_values)
                     .map_err(|e| e.to_string())?;
-                if let Some((grid, threads)) = launch_dims(n as u64) {
+                if let Some(cfg) = launch_config(n as u64) {
                     let f = self.function(FP8_KERNEL)?;
-                    let cfg = LaunchConfig {
-                        grid_dim: (grid, 1, 1),
-                        block_dim: (threads, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
                     let (n64, cols64, row0) = (n as u64, cols as u64, rows.start as u64);
                     let scale_cols = cols.div_ceil(block[1]) as u64;
                     let (b0, b1) = (block[0] as u64, block[1] as u64);
@@ -280,37 +297,28 @@ impl CudaBackend {
                 }
             }
         }
-        self.stream
-            .memcpy_dtoh(&dst, out)
-            .map_err(|e| e.to_string())?;
-        self.stream.synchronize().map_err(|e| e.to_string())?;
         Ok(dst)
     }
 
-    /// `y = x · wᵀ` on cuBLAS, with w's device copy if it is resident.
-    fn matmul_device(&self, state: &State, name: &str, x: &Mat, w: &Mat) -> Result<Mat, String> {
-        let p = gemm_params(x.rows, x.cols, w.rows)?;
-        let mut y = Mat::zeros(x.rows, w.rows);
-        if x.rows == 0 || w.rows == 0 {
-            return Ok(y);
+    /// `y[tokens, out] = x[tokens, inp] · w[out, inp]ᵀ` on cuBLAS, all three on the device.
+    fn gemm_device(
+        &self,
+        (x, tokens, inp): (&CudaSlice<f32>, usize, usize),
+        (w, out): (&CudaSlice<f32>, usize),
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), String> {
+        let p = gemm_params(tokens, inp, out)?;
+        if tokens == 0 || out == 0 || inp == 0 {
+            return Ok(());
         }
-        if x.cols == 0 {
-            return Ok(y);
+        if x.len() < tokens * inp || w.len() < out * inp || y.len() < tokens * out {
+            return Err(format!(
+                "device buffers of {}, {} and {} floats cannot hold [{tokens}, {inp}] · [{out}, {inp}]ᵀ",
+                x.len(),
+                w.len(),
+                y.len()
+            ));
         }
-        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        let uploaded;
-        let w_dev: &CudaSlice<f32> = match state.resident.get(name) {
-            Some(r) if r.host_ptr == w.data.as_ptr() as usize && r.len == w.data.len() => &r.buf,
-            _ => {
-                uploaded = self.stream.clone_htod(&w.data).map_err(|e| e.to_string())?;
-                &uploaded
-            }
-        };
-        let x_dev = self.stream.clone_htod(&x.data).map_err(|e| e.to_string())?;
-        let mut y_dev = self
-            .stream
-            .alloc_zeros::<f32>(y.data.len())
-            .map_err(|e| e.to_string())?;
         let op = |o: Op| match o {
             Op::N => cublasOperation_t::CUBLAS_OP_N,
             Op::T => cublasOperation_t::CUBLAS_OP_T,
@@ -329,8 +337,99 @@ impl CudaBackend {
         };
         // SAFETY: gemm_params maps the row-major shapes to column-major ones that address
         // exactly w's out·in, x's T·in and y's T·out floats (tested in cuda/tests.rs against
-        // an emulation of SGEMM); the three buffers were allocated with those lengths.
-        unsafe { self.blas.gemm(cfg, w_dev, &x_dev, &mut y_dev) }.map_err(|e| e.to_string())?;
+        // an emulation of SGEMM); the three buffers hold at least that many (checked above).
+        unsafe { self.blas.gemm(cfg, w, x, y) }.map_err(|e| e.to_string())
+    }
+
+    /// One routed expert on the device: each weight's raw rows (or, where `raws[i]` is `None`,
+    /// the host f32 copy in `out.weights[i]`) uploaded and dequantized there, x uploaded, three
+    /// SGEMMs and the SwiGLU kernel; only g and y come back.
+    fn expert_device(
+        &self,
+        job: &ExpertJob<'_>,
+        raws: &[Option<RawTensor<'_>>; 3],
+        out: &mut ExpertOut,
+    ) -> Result<(), String> {
+        let (n, n_embd, n_ff) = (job.x.rows, job.n_embd, job.n_ff);
+        out.g.reshape(n, n_ff);
+        out.y.reshape(n, n_embd);
+        if n == 0 || n_embd == 0 || n_ff == 0 {
+            out.g.data.fill(0.0);
+            out.y.data.fill(0.0);
+            return Ok(());
+        }
+        if job.x.cols != n_embd {
+            return Err(format!(
+                "expert input is {} wide, the model {n_embd}",
+                job.x.cols
+            ));
+        }
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let mut w = Vec::with_capacity(3);
+        for (i, raw) in raws.iter().enumerate() {
+            let (rows, width) = job.shape(i);
+            w.push(match raw {
+                Some(raw) => self.dequantize_on_device(*raw, width, 0..rows)?,
+                None => self
+                    .stream
+                    .clone_htod(&out.weights[i])
+                    .map_err(|e| e.to_string())?,
+            });
+        }
+        let alloc = |len: usize| {
+            self.stream
+                .alloc_zeros::<f32>(len)
+                .map_err(|e| e.to_string())
+        };
+        let x = self
+            .stream
+            .clone_htod(&job.x.data)
+            .map_err(|e| e.to_string())?;
+        let (mut g, mut u, mut y) = (alloc(n * n_ff)?, alloc(n * n_ff)?, alloc(n * n_embd)?);
+        self.gemm_device((&x, n, n_embd), (&w[0], n_ff), &mut g)?;
+        self.gemm_device((&x, n, n_embd), (&w[1], n_ff), &mut u)?;
+        if let Some(cfg) = launch_config((n * n_ff) as u64) {
+            let f = self.function(SWIGLU_KERNEL)?;
+            let len = (n * n_ff) as u64;
+            let mut args = self.stream.launch_builder(f);
+            args.arg(&mut g).arg(&u).arg(&len);
+            // SAFETY: g and u were allocated with n·n_ff floats and the kernel touches indices
+            // below `len` = n·n_ff only; argument types match (float*, const float*, u64).
+            unsafe { args.launch(cfg) }.map_err(|e| e.to_string())?;
+        }
+        drop(u);
+        self.gemm_device((&g, n, n_ff), (&w[2], n_embd), &mut y)?;
+        self.stream
+            .memcpy_dtoh(&g, &mut out.g.data)
+            .map_err(|e| e.to_string())?;
+        self.stream
+            .memcpy_dtoh(&y, &mut out.y.data)
+            .map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())
+    }
+
+    /// `y = x · wᵀ` on cuBLAS, with w's device copy if it is resident.
+    fn matmul_device(&self, state: &State, name: &str, x: &Mat, w: &Mat) -> Result<Mat, String> {
+        gemm_params(x.rows, x.cols, w.rows)?;
+        let mut y = Mat::zeros(x.rows, w.rows);
+        if x.rows == 0 || w.rows == 0 || x.cols == 0 {
+            return Ok(y);
+        }
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let uploaded;
+        let w_dev: &CudaSlice<f32> = match state.resident.get(name) {
+            Some(r) if r.host_ptr == w.data.as_ptr() as usize && r.len == w.data.len() => &r.buf,
+            _ => {
+                uploaded = self.stream.clone_htod(&w.data).map_err(|e| e.to_string())?;
+                &uploaded
+            }
+        };
+        let x_dev = self.stream.clone_htod(&x.data).map_err(|e| e.to_string())?;
+        let mut y_dev = self
+            .stream
+            .alloc_zeros::<f32>(y.data.len())
+            .map_err(|e| e.to_string())?;
+        self.gemm_device((&x_dev, x.rows, x.cols), (w_dev, w.rows), &mut y_dev)?;
         self.stream
             .memcpy_dtoh(&y_dev, &mut y.data)
             .map_err(|e| e.to_string())?;
@@ -414,6 +513,48 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    /// One at a time: the device runs one kernel stream under one lock anyway, and each expert
+    /// already fills the GPU (an R1 expert's GEMMs are 2048×7168 over all its tokens); running
+    /// several would only hold more host buffers while they wait for the lock.
+    fn experts_at_once(&self, _active: usize) -> usize {
+        1
+    }
+
+    fn expert_ffn(&self, job: &ExpertJob<'_>, out: &mut ExpertOut) -> crate::error::Result<()> {
+        // Which weights go up as raw bytes (a kernel for their type, bytes cut at the expert's
+        // rows); the others are dequantized by the source into host f32 now, before taking the
+        // lock: a wrapped source (`BackendSource`) may call `dequantize`, which locks too.
+        let mut raws: [Option<RawTensor<'_>>; 3] = [None; 3];
+        for (i, raw) in raws.iter_mut().enumerate() {
+            let (name, rows) = (job.names[i], job.rows(i));
+            *raw = job
+                .source
+                .raw_rows(name, rows.clone())
+                .filter(|r| raw_supported(*r));
+            if raw.is_none() {
+                let (r, c) = job.shape(i);
+                out.weights[i].resize(r * c, 0.0);
+                job.source
+                    .load_row_range_into(name, rows, &mut out.weights[i])?;
+            }
+        }
+        let mut state = self.lock();
+        // A device error recorded earlier in the layer (a matmul) stops the run here.
+        if let Some(e) = state.error.take() {
+            return Err(e.into());
+        }
+        self.expert_device(job, &raws, out).map_err(|problem| {
+            DeviceError::Runtime {
+                during: format!(
+                    "expert {} of {}/{}/{}",
+                    job.expert, job.names[0], job.names[1], job.names[2]
+                ),
+                problem,
+            }
+            .into()
+        })
+    }
+
     fn end_layer(&self) -> Result<(), DeviceError> {
         let mut state = self.lock();
         state.resident.clear();
@@ -431,4 +572,14 @@ fn raw_supported(raw: RawTensor<'_>) -> bool {
         RawTensor::Ggml { ty, .. } => kernel_for(ty).is_some(),
         RawTensor::Fp8Block { .. } => true,
     }
+}
+
+/// The launch of an elementwise kernel over `n` elements (`None` for none): [`launch_dims`].
+fn launch_config(n: u64) -> Option<LaunchConfig> {
+    let (grid, threads) = launch_dims(n)?;
+    Some(LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }

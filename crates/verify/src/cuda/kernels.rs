@@ -1,13 +1,17 @@
-//! The dequantization kernels: CUDA C compiled at run time by NVRTC (no nvcc at build time),
-//! one `extern "C" __global__` per stored type, each a grid-stride loop writing one f32 per
-//! element from the raw bytes (REFERENCE §2.3 for the ggml blocks, §4.1 for FP8).
+//! The GPU kernels: CUDA C compiled at run time by NVRTC (no nvcc at build time). One
+//! dequantization kernel (`extern "C" __global__`) per stored type, each a grid-stride loop
+//! writing one f32 per element from the raw bytes (REFERENCE §2.3 for the ggml blocks, §4.1 for
+//! FP8), and the SwiGLU of the routed experts ([`SWIGLU_KERNEL`]).
 //!
 //! Why the per-element functions are separate `__device__` functions with no CUDA built-ins:
 //! the same source compiles as plain C on the host (`R1Q_HOST_TWIN`), so the tests run the
 //! kernels' exact arithmetic on the CPU against `quantize::dequantize_rows` and the FP8 table
 //! (`cuda/tests.rs`) — the kernels are checked bit for bit without a GPU. The kernels are
 //! compiled with `--fmad=false` so the device rounds like the reference (no contracted
-//! multiply-adds).
+//! multiply-adds). One exception to "bit for bit on the device": SwiGLU's `expf` is the host
+//! libm's in the twin (the same function Rust's `f32::exp` calls, so the twin is bit-identical)
+//! but CUDA's own on the GPU, documented to within 2 ulp — so the device's g may differ from
+//! the CPU's in the last bits.
 
 use formats::ggml_type::GgmlType;
 
@@ -143,6 +147,10 @@ pub fn kernel_for(ty: GgmlType) -> Option<&'static KernelSpec> {
 /// The FP8 E4M3 block-scaled kernel (`weight` × `weight_scale_inv`, REFERENCE §4.1).
 pub const FP8_KERNEL: &str = "r1q_dequant_fp8_block";
 
+/// The SwiGLU kernel of the routed experts: `g[i] = silu(g[i]) · u[i]` in place, silu(x) =
+/// x / (1 + e⁻ˣ), the formula of `ops::swiglu`.
+pub const SWIGLU_KERNEL: &str = "r1q_swiglu";
+
 /// Threads per block of every dequantization launch.
 pub const THREADS: u32 = 256;
 
@@ -159,8 +167,8 @@ pub fn launch_dims(n: u64) -> Option<(u32, u32)> {
     Some((blocks, THREADS))
 }
 
-/// The CUDA C source of every dequantization kernel. Compiles under NVRTC (device) and, with
-/// `R1Q_HOST_TWIN` defined, as C99 on the host (the element functions only).
+/// The CUDA C source of every kernel. Compiles under NVRTC (device) and, with `R1Q_HOST_TWIN`
+/// defined, as C99 on the host (the element functions only; link with `-lm` for `expf`).
 pub const SOURCE: &str = r#"
 typedef unsigned char u8;
 typedef signed char i8;
@@ -169,6 +177,7 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 
 #ifdef R1Q_HOST_TWIN
+#include <math.h>
 #include <string.h>
 #define R1Q_FN static
 static float r1q_bits_to_f32(u32 b) { float f; memcpy(&f, &b, 4); return f; }
@@ -328,6 +337,10 @@ R1Q_FN float fp8_block_value(u32 byte, const float *scales, u64 r, u64 c, u64 sc
     return fp8_e4m3_to_f32(byte) * scales[(r / b0) * scale_cols + c / b1];
 }
 
+/* SwiGLU of one element: silu(g) * u with silu(x) = x / (1 + e^-x), as ops::swiglu (and in
+   the same order: the quotient first, then the product). */
+R1Q_FN float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 #ifndef R1Q_HOST_TWIN
 #define R1Q_DEQUANT(NAME, QK, BYTES)                                                        \
 extern "C" __global__ void r1q_dequant_##NAME(const u8 *src, float *dst, u64 n) {           \
@@ -360,6 +373,13 @@ extern "C" __global__ void r1q_dequant_fp8_block(const u8 *src, const float *sca
         u64 r = i / cols, c = i % cols;
         dst[i] = fp8_block_value(src[i], scales, row0 + r, c, scale_cols, b0, b1);
     }
+}
+
+/* g = silu(g) * u over n elements, in place (the routed experts' activation). */
+extern "C" __global__ void r1q_swiglu(float *g, const float *u, u64 n) {
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        g[i] = swiglu_value(g[i], u[i]);
 }
 #endif
 "#;

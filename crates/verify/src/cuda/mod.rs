@@ -1,19 +1,35 @@
 //! The CUDA backend (`--device cuda`, cargo feature `cuda`): cuBLAS SGEMM for every projection
 //! the blocks route through [`crate::LayerCtx::matmul`], NVRTC-compiled kernels that dequantize
 //! the raw stored bytes (F32, F16, BF16, Q8_0, Q4_0/1, Q5_0/1, Q2_K…Q6_K, IQ4_NL, IQ4_XS, and
-//! HF FP8 E4M3 with 128×128 block scales) on the GPU.
+//! HF FP8 E4M3 with 128×128 block scales) on the GPU, and the routed MoE experts whole.
 //!
 //! What runs where, per layer:
 //! * GPU: dequantization of each layer weight (raw bytes uploaded, f32 produced on device and
 //!   kept resident until the layer ends, then freed — so a model larger than GPU memory runs one
 //!   layer at a time); every `ctx.matmul` / `ctx.expert_matmul` as one SGEMM over all tokens.
-//! * CPU: RMSNorm, rope, attention (`ops::attention`), SwiGLU, routing, the residual adds, and
-//!   the grouped MoE expert GEMMs that `arch/deepseek2/ffn.rs` runs through `gemm_into` on
-//!   slices of the stacked expert tensor (their weights are still dequantized on the GPU).
-//!   Activations therefore cross PCIe once per matmul (x up, y down): the blocks work on host
-//!   [`crate::Mat`]s, and the dequantized weights are also copied back to the host because the
-//!   blocks hold them. Keeping activations resident across a whole layer needs the blocks to
-//!   be written against a device tensor type — the next step, not done here.
+//! * GPU: the routed MoE experts ([`crate::backend::Backend::expert_ffn`], ~97% of
+//!   DeepSeek-R1's FLOPs). Per expert, only its rows of the stacked `*_exps` tensors go up, as
+//!   stored ([`crate::WeightSource::raw_rows`]: a Q4_K expert crosses PCIe as Q4_K, not as
+//!   f32), with the gathered tokens x; dequantization, `x·gateᵀ`, `x·upᵀ`, SwiGLU (the
+//!   [`kernels::SWIGLU_KERNEL`]) and `g·downᵀ` run on the device, and only g (which the
+//!   imatrix observer needs) and y come down. The expert's device buffers are freed when it
+//!   is done. Experts run one at a time (`experts_at_once` = 1: the device serialises behind
+//!   one lock and one stream anyway, and one R1 expert's GEMMs fill it); the CPU backend's
+//!   parallel waves of experts are for the CPU only. A weight with no raw bytes (an HF source,
+//!   an FP8 range not on a scale block) or no kernel for its type is dequantized by the source
+//!   on the host and uploaded as f32 — slower, same numbers.
+//! * CPU: RMSNorm, rope, attention (`ops::attention`), the dense and shared-expert SwiGLU,
+//!   routing (gathering each expert's tokens, the weighted scatter-add of its output), the
+//!   residual adds. Activations therefore cross PCIe once per matmul (x up, y down): the blocks
+//!   work on host [`crate::Mat`]s, and the dequantized non-expert weights are also copied back
+//!   to the host because the blocks hold them. Keeping activations resident across a whole
+//!   layer needs the blocks to be written against a device tensor type — the next step, not
+//!   done here; so is overlapping the next expert's upload with the current one's GEMMs (a
+//!   second stream).
+//!
+//! Device errors: `matmul` and `dequantize` record the first one and fall back to the CPU
+//! result, and [`crate::backend::Backend::end_layer`] reports it; `expert_ffn` returns it at
+//! once (a recorded one included), so the run stops with that message, never a panic.
 //!
 //! This module's pure parts (the cuBLAS parameter mapping, launch geometry, the kernel source)
 //! build and are tested without CUDA; the part that talks to the driver is `device.rs`, behind

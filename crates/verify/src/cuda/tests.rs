@@ -10,22 +10,10 @@ use formats::ggml_type::GgmlType;
 
 use super::kernels::{launch_dims, KERNELS, MAX_GRID, SOURCE, THREADS};
 use super::{gemm_params, GemmParams, Op};
-use crate::backend::{dequantize_cpu, RawTensor};
+use crate::backend::tests::{fp8_bytes, fp8_raw, values, FP8_SHAPE};
+use crate::backend::dequantize_cpu;
 use crate::ops;
 use crate::tensor::Mat;
-
-/// Deterministic pseudo-random values in about [-2, 2) (xorshift).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
 
 /// Column-major SGEMM as the BLAS reference defines it (α = 1, β = 0), in f64.
 fn sgemm_emulated(p: &GemmParams, a: &[f32], b: &[f32], c: &mut [f32]) {
@@ -110,11 +98,12 @@ fn kernel_table_matches_the_ggml_type_table() {
         assert!(SOURCE.contains(&format!("float {}(const u8 *b, int e)", k.elem)));
     }
     assert!(SOURCE.contains(&format!("void {}(", super::kernels::FP8_KERNEL)));
+    assert!(SOURCE.contains(&format!("void {}(float *g", super::kernels::SWIGLU_KERNEL)));
 }
 
 /// The host C twin: the kernel source with `R1Q_HOST_TWIN`, plus a driver that applies one
-/// element function to a file of blocks (mode = index into KERNELS) or the FP8 block decoder
-/// (mode = -1).
+/// element function to a file of blocks (mode = index into KERNELS), the FP8 block decoder
+/// (mode = -1) or SwiGLU (mode = -2).
 fn harness_source() -> String {
     let table: Vec<&str> = KERNELS.iter().map(|k| k.elem).collect();
     format!(
@@ -143,6 +132,14 @@ int main(int argc, char **argv) {{
     if (mode >= 0) {{ /* a = block, b = bytes, c = n elements */
         for (u64 i = 0; i < c; i++) {{
             float v = FNS[mode](src + (i / a) * b, (int)(i % a));
+            fwrite(&v, 4, 1, out);
+        }}
+    }} else if (mode == -2) {{ /* SwiGLU: src = g, sc = u (c floats each) */
+        float *g = (float *)malloc(len + 4), *u = (float *)malloc(slen + 4);
+        memcpy(g, src, len); memcpy(u, sc, slen);
+        if ((u64)len < 4 * c || (u64)slen < 4 * c) return 5;
+        for (u64 i = 0; i < c; i++) {{
+            float v = swiglu_value(g[i], u[i]);
             fwrite(&v, 4, 1, out);
         }}
     }} else {{ /* FP8: a = rows, b = cols, c = b0, d = b1 */
@@ -180,6 +177,7 @@ fn build_twin(dir: &Path) -> Option<std::path::PathBuf> {
         ])
         .arg(&exe)
         .arg(&src)
+        .arg("-lm")
         .status();
     match status {
         Ok(s) if s.success() => Some(exe),
@@ -276,20 +274,9 @@ fn fp8_kernel_source_matches_reference() {
     let Some(exe) = build_twin(dir.path()) else {
         return;
     };
-    let (rows, cols, block) = (300usize, 260usize, [128usize, 128usize]);
-    let data: Vec<u8> = (0..rows * cols).map(|i| (i * 7 + i / 256) as u8).collect();
-    let n_scales = rows.div_ceil(block[0]) * cols.div_ceil(block[1]);
-    let scales: Vec<u8> = values(n_scales, 5)
-        .iter()
-        .flat_map(|v| (v * 1e-3).to_le_bytes())
-        .collect();
-    let raw = RawTensor::Fp8Block {
-        data: &data,
-        scales: &scales,
-        rows,
-        cols,
-        block,
-    };
+    let (rows, cols, block) = FP8_SHAPE;
+    let (data, scales) = fp8_bytes(1e-3);
+    let raw = fp8_raw(&data, &scales);
     let mut want = vec![0f32; rows * cols];
     dequantize_cpu(raw, cols, 0..rows, &mut want).expect("reference");
     let args = [
@@ -303,6 +290,46 @@ fn fp8_kernel_source_matches_reference() {
     same_bits(&got, &want, "fp8 block");
 }
 
+/// The SwiGLU kernel's arithmetic equals `ops::swiglu` bit for bit: the same formula in the same
+/// order, and the twin's `expf` is the host libm's, which Rust's `f32::exp` calls too. (On the
+/// GPU, CUDA's `expf` may differ by up to 2 ulp; the GPU test allows for that.) Covers the
+/// ranges where e⁻ˣ underflows and overflows, and signed zeros, infinities and NaN.
+#[test]
+fn swiglu_kernel_source_matches_ops_swiglu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(exe) = build_twin(dir.path()) else {
+        return;
+    };
+    let n = 4096;
+    let mut g = values(n, 31);
+    for (i, v) in g.iter_mut().enumerate() {
+        *v *= [1e-4f32, 0.5, 1.0, 4.0, 20.0, 60.0, 120.0][i % 7];
+    }
+    g[..8].copy_from_slice(&[
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        88.8,
+        -104.0,
+    ]);
+    let u = values(n, 47);
+    let to_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|f| f.to_le_bytes()).collect() };
+    let mut want = Mat::from_vec(1, n, g.clone());
+    ops::swiglu(&mut want, &Mat::from_vec(1, n, u.clone()));
+    let got = run_twin(
+        &exe,
+        dir.path(),
+        [0, 0, n as u64, 0, 0],
+        -2,
+        &to_bytes(&g),
+        &to_bytes(&u),
+    );
+    same_bits(&got, &want.data, "swiglu");
+}
+
 /// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): every kernel on the
 /// device equals the CPU reference bit for bit, and cuBLAS's product matches `ops::matmul`
 /// within f32 reassociation error. Skips with a message when no GPU can be opened.
@@ -310,7 +337,7 @@ fn fp8_kernel_source_matches_reference() {
 #[test]
 #[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
 fn gpu_kernels_and_gemm_match_cpu() {
-    use crate::backend::{Backend, Device};
+    use crate::backend::{Backend, Device, RawTensor};
     let backend = match super::CudaBackend::new(0) {
         Ok(b) => b,
         Err(e) => {
@@ -350,19 +377,9 @@ fn gpu_kernels_and_gemm_match_cpu() {
         backend.end_layer().expect("no device error");
     }
     // FP8 with ragged blocks, a row range starting inside a scale block.
-    let (fr, fc) = (300usize, 260usize);
-    let data: Vec<u8> = (0..fr * fc).map(|i| (i * 7 + i / 256) as u8).collect();
-    let scales: Vec<u8> = values(3 * 3, 5)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let t = RawTensor::Fp8Block {
-        data: &data,
-        scales: &scales,
-        rows: fr,
-        cols: fc,
-        block: [128, 128],
-    };
+    let (fr, fc, _) = FP8_SHAPE;
+    let (data, scales) = fp8_bytes(1.0);
+    let t = fp8_raw(&data, &scales);
     for r in [0..fr, 100..260] {
         let n = r.len() * fc;
         let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
@@ -401,6 +418,54 @@ fn gpu_kernels_and_gemm_match_cpu() {
             err < 1e-4,
             "{name}: GEMM differs from the reference by {err}"
         );
+    }
+    backend.end_layer().expect("no device error");
+}
+
+/// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): a routed expert on the
+/// device (raw rows uploaded and dequantized there, three SGEMMs, the SwiGLU kernel) gives the
+/// CPU path's g and y within f32 reassociation error (and CUDA's `expf`, within 2 ulp), also
+/// when a weight has no raw bytes and goes up as host f32. Skips when no GPU can be opened.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
+fn gpu_expert_ffn_matches_cpu() {
+    use crate::backend::tests::{expert_job, expert_source, EXPS, N_EMBD};
+    use crate::backend::{expert_ffn_cpu, Backend, ExpertOut};
+    use crate::source::WeightSource;
+
+    let backend = match super::CudaBackend::new(0) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIP gpu test: {e}");
+            return;
+        }
+    };
+    assert_eq!(backend.experts_at_once(64), 1);
+    let src = expert_source();
+    let mut hide = expert_source();
+    hide.no_raw = Some(EXPS[2]);
+    let (mut got, mut want) = (ExpertOut::default(), ExpertOut::default());
+    let rel = |a: &Mat, b: &Mat| {
+        assert_eq!((a.rows, a.cols), (b.rows, b.cols));
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0f32, f32::max)
+    };
+    for (source, e, n) in [
+        (&src as &dyn WeightSource, 2, 37),
+        (&src, 0, 1),
+        (&hide, 1, 9),
+    ] {
+        let x = Mat::from_vec(n, N_EMBD, values(n * N_EMBD, 500 + n as u64));
+        let job = expert_job(source, e, &x, true);
+        backend.expert_ffn(&job, &mut got).expect("device expert");
+        expert_ffn_cpu(&job, &mut want).expect("cpu expert");
+        let (eg, ey) = (rel(&got.g, &want.g), rel(&got.y, &want.y));
+        eprintln!("expert {e}, {n} tokens: g {eg:.2e}, y {ey:.2e}");
+        assert!(eg < 1e-4 && ey < 1e-4, "expert {e}: g {eg}, y {ey}");
     }
     backend.end_layer().expect("no device error");
 }

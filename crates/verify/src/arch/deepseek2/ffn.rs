@@ -10,18 +10,22 @@
 //! Experts are **streamed**: the block keeps only its router and shared expert resident; during
 //! `forward` each expert that received tokens is dequantized from the source (its rows of the
 //! stacked `*_exps` tensors), multiplied and dropped. All 256 experts of an R1 layer would be
-//! ~45 GB as f32; one is 176 MB. Experts are independent, so up to
-//! [`crate::engine::experts_in_flight`] of them (one per thread) are dequantized and multiplied
-//! in parallel, each in a reused buffer set; their outputs are added to the result in expert
-//! order, so the sums (and the observer's calls) are the same as one expert at a time.
+//! ~45 GB as f32; one is 176 MB. Each expert runs on the engine's backend
+//! ([`crate::backend::Backend::expert_ffn`]: on the CPU the source dequantizes it into reused
+//! host buffers and `gemm_into` multiplies; CUDA uploads its raw bytes and does the rest on the
+//! GPU). Experts are independent, so up to [`crate::backend::Backend::experts_at_once`] of them
+//! run in parallel (on the CPU one per thread, on a GPU one), each in a reused buffer set; their
+//! outputs are added to the result in expert order, so the sums (and the observer's calls) are
+//! the same as one expert at a time.
 
 use std::fmt;
 
 use rayon::prelude::*;
 
-use crate::engine::{experts_in_flight, LayerCtx};
+use crate::backend::{Backend, ExpertJob, ExpertOut};
+use crate::engine::LayerCtx;
 use crate::error::Result;
-use crate::ops::{self, gemm_into, MatRef, Rhs};
+use crate::ops;
 use crate::source::WeightSource;
 use crate::tensor::Mat;
 
@@ -93,45 +97,15 @@ impl fmt::Debug for Moe<'_> {
     }
 }
 
-/// One expert's weights and activations; one set per expert in flight, reused across experts
-/// (`Vec`s keep their capacity, so after the first wave nothing is allocated).
-struct ExpertBufs {
+/// One expert slot: the gathered inputs and the backend's outputs (with its reused buffers);
+/// one per expert in flight, reused across experts.
+struct ExpertSlot {
     /// The expert handled in this slot.
     expert: usize,
-    /// gate `[n_ff, n_embd]`, up `[n_ff, n_embd]`, down `[n_embd, n_ff]`.
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
     /// The routed tokens' inputs `[n, n_embd]`.
     x: Mat,
-    /// silu(gate·x) ⊙ up·x `[n, n_ff]` (the down projection's input).
-    g: Mat,
-    /// up·x `[n, n_ff]`.
-    u: Mat,
-    /// The expert's output `[n, n_embd]`.
-    y: Mat,
-}
-
-impl ExpertBufs {
-    fn new() -> ExpertBufs {
-        ExpertBufs {
-            expert: 0,
-            gate: Vec::new(),
-            up: Vec::new(),
-            down: Vec::new(),
-            x: Mat::zeros(0, 0),
-            g: Mat::zeros(0, 0),
-            u: Mat::zeros(0, 0),
-            y: Mat::zeros(0, 0),
-        }
-    }
-}
-
-/// Resizes `m` to `[rows, cols]` without shrinking its allocation (contents unspecified).
-fn reshape(m: &mut Mat, rows: usize, cols: usize) {
-    m.data.resize(rows * cols, 0.0);
-    m.rows = rows;
-    m.cols = cols;
+    /// g `[n, n_ff]` (the down projection's input) and y `[n, n_embd]`.
+    out: ExpertOut,
 }
 
 impl Moe<'_> {
@@ -139,50 +113,32 @@ impl Moe<'_> {
         format!("blk.{}.{tensor}.weight", self.layer)
     }
 
-    /// Dequantizes expert `e` into `b` and runs it over the tokens in `list` (rows of `x`).
+    /// Gathers the tokens in `list` (rows of `x`) into `s` and runs expert `e` over them on
+    /// `backend`.
     fn run_expert(
         &self,
-        b: &mut ExpertBufs,
-        e: usize,
-        list: &[(usize, f32)],
+        backend: &dyn Backend,
+        s: &mut ExpertSlot,
+        (e, list): (usize, &[(usize, f32)]),
         x: &Mat,
         names: &[String; 3],
         parallel: bool,
     ) -> Result<()> {
-        let (n, n_embd, n_ff) = (list.len(), self.n_embd, self.n_ff);
-        let [gate_name, up_name, down_name] = names;
-        b.expert = e;
-        // Each of the three matrices holds n_ff·n_embd values.
-        for (buf, name, rows) in [
-            (&mut b.gate, gate_name, n_ff),
-            (&mut b.up, up_name, n_ff),
-            (&mut b.down, down_name, n_embd),
-        ] {
-            buf.resize(n_ff * n_embd, 0.0);
-            let r = (e * rows) as u64..((e + 1) * rows) as u64;
-            self.source.load_row_range_into(name, r, buf)?;
-        }
-        reshape(&mut b.x, n, n_embd);
-        for (dst, &(tok, _)) in b.x.data.chunks_exact_mut(n_embd).zip(list) {
+        s.expert = e;
+        s.x.reshape(list.len(), self.n_embd);
+        for (dst, &(tok, _)) in s.x.data.chunks_exact_mut(self.n_embd).zip(list) {
             dst.copy_from_slice(x.row(tok));
         }
-        reshape(&mut b.g, n, n_ff);
-        reshape(&mut b.u, n, n_ff);
-        let gw = MatRef::slice(&b.gate, n_embd, 0, n_ff, 0, n_embd);
-        let uw = MatRef::slice(&b.up, n_embd, 0, n_ff, 0, n_embd);
-        let xv = ops::view(&b.x);
-        // `dst = a · wᵀ`.
-        let mm = |dst: &mut [f32], n_out, a, w| {
-            gemm_into(dst, n_out, a, w, Rhs::Transposed, false, parallel);
+        let job = ExpertJob {
+            source: self.source,
+            names: names.each_ref().map(String::as_str),
+            expert: e,
+            n_embd: self.n_embd,
+            n_ff: self.n_ff,
+            x: &s.x,
+            parallel,
         };
-        mm(&mut b.g.data, n_ff, xv, gw);
-        mm(&mut b.u.data, n_ff, xv, uw);
-        ops::swiglu(&mut b.g, &b.u);
-        reshape(&mut b.y, n, n_embd);
-        let dw = MatRef::slice(&b.down, n_ff, 0, n_embd, 0, n_ff);
-        let gv = ops::view(&b.g);
-        mm(&mut b.y.data, n_embd, gv, dw);
-        Ok(())
+        backend.expert_ffn(&job, &mut s.out)
     }
 
     /// `[T, n_embd]` → `[T, n_embd]`: Σ over each token's experts of weight · expert(x), plus the
@@ -206,22 +162,29 @@ impl Moe<'_> {
             .filter(|(_, l)| !l.is_empty())
             .map(|(e, l)| (e, l.as_slice()))
             .collect();
-        let slots = experts_in_flight(active.len());
-        let mut bufs: Vec<ExpertBufs> = (0..slots).map(|_| ExpertBufs::new()).collect();
+        let backend = ctx.backend();
+        let slots = backend.experts_at_once(active.len()).max(1);
+        let mut bufs: Vec<ExpertSlot> = (0..slots)
+            .map(|_| ExpertSlot {
+                expert: 0,
+                x: Mat::zeros(0, 0),
+                out: ExpertOut::default(),
+            })
+            .collect();
         // With fewer experts than threads, let each GEMM use the idle threads too.
         let parallel = active.len() < rayon::current_num_threads();
         for wave in active.chunks(slots) {
             bufs.par_iter_mut()
                 .zip(wave.par_iter())
-                .map(|(b, &(e, list))| self.run_expert(b, e, list, x, &names, parallel))
+                .map(|(b, &job)| self.run_expert(backend, b, job, x, &names, parallel))
                 .collect::<Result<()>>()?;
             // In expert order: the observer's calls and the additions are those of a
             // one-expert-at-a-time loop.
             for (b, &(_, list)) in bufs.iter().zip(wave) {
                 ctx.observe_expert(&names[0], b.expert, &b.x);
                 ctx.observe_expert(&names[1], b.expert, &b.x);
-                ctx.observe_expert(&names[2], b.expert, &b.g);
-                for (src, &(tok, w)) in b.y.data.chunks_exact(n_embd).zip(list) {
+                ctx.observe_expert(&names[2], b.expert, &b.out.g);
+                for (src, &(tok, w)) in b.out.y.data.chunks_exact(n_embd).zip(list) {
                     for (a, v) in y.row_mut(tok).iter_mut().zip(src) {
                         *a += w * v;
                     }
