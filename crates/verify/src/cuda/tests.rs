@@ -10,8 +10,8 @@ use formats::ggml_type::GgmlType;
 
 use super::kernels::{launch_dims, KERNELS, MAX_GRID, SOURCE, THREADS};
 use super::{gemm_params, GemmParams, Op};
-use crate::backend::tests::{fp8_bytes, fp8_raw, values, FP8_SHAPE};
 use crate::backend::dequantize_cpu;
+use crate::backend::tests::{fp8_bytes, fp8_raw, values, FP8_SHAPE};
 use crate::ops;
 use crate::tensor::Mat;
 
