@@ -277,6 +277,100 @@ impl Imatrix {
         })
     }
 
+    /// An empty GGUF-form imatrix with chunks of `chunk_size` tokens: what [`Imatrix::add`]
+    /// accumulates into (llama-imatrix's collector before any `--in-file`).
+    pub fn empty(chunk_size: u32) -> Imatrix {
+        Imatrix {
+            entries: BTreeMap::new(),
+            datasets: Vec::new(),
+            chunk_count: 0,
+            chunk_size,
+            format: ImatrixFormat::Gguf,
+        }
+    }
+
+    /// Adds `other` to this GGUF-form imatrix the way `llama-imatrix --in-file` accumulates
+    /// (`IMatrixCollector::load_imatrix`): a legacy `other` is first converted with
+    /// [`Imatrix::to_gguf`] at `self.chunk_size` (Σx² = value·chunk_size, count = ncall·chunk_size);
+    /// Σx² are added per column in f32, counts (rounded, as the loader does) as integers;
+    /// `other`'s datasets are appended; `chunk_count` becomes ⌊largest count / chunk_size⌋.
+    ///
+    /// Counts of different lengths: a single count meets per-expert counts by being broadcast to
+    /// every expert (llama-imatrix does this for a one-count entry already held and for every
+    /// legacy input; here also for a one-count GGUF input, which llama-imatrix refuses in that
+    /// order only). Any other difference in the number of values or counts is an error naming the
+    /// entry: the two files are not of the same model.
+    pub fn add(&mut self, other: &Imatrix) -> Result<(), ImatrixProblem> {
+        if self.format != ImatrixFormat::Gguf || self.chunk_size == 0 {
+            return Err(ImatrixProblem::BadMetadata {
+                key: KEY_CHUNK_SIZE.into(),
+                detail: "must be > 0 (and the sum a GGUF-form imatrix) to add imatrices".into(),
+            });
+        }
+        let other = other.to_gguf(self.chunk_size)?;
+        for (name, e) in &other.entries {
+            let bad = |detail: String| ImatrixProblem::BadEntry {
+                entry: name.clone(),
+                detail,
+            };
+            let counts: Vec<i64> = e.counts.iter().map(|c| c.round() as i64).collect();
+            let Some(have) = self.entries.get_mut(name) else {
+                self.entries.insert(
+                    name.clone(),
+                    ImatrixEntry {
+                        in_sum2: e.in_sum2.clone(),
+                        counts: counts.iter().map(|&c| c as f32).collect(),
+                        ncall: None,
+                    },
+                );
+                continue;
+            };
+            if have.in_sum2.len() != e.in_sum2.len() {
+                return Err(bad(format!(
+                    "has {} values, the imatrix it is added to {} (not the same model?)",
+                    e.in_sum2.len(),
+                    have.in_sum2.len()
+                )));
+            }
+            let mut sum: Vec<i64> = have.counts.iter().map(|c| c.round() as i64).collect();
+            match (sum.len(), counts.len()) {
+                (a, b) if a == b => sum.iter_mut().zip(&counts).for_each(|(s, c)| *s += c),
+                (_, 1) => sum.iter_mut().for_each(|s| *s += counts[0]),
+                (1, _) => {
+                    let base = sum[0];
+                    sum = counts.iter().map(|c| c + base).collect();
+                }
+                (a, b) => {
+                    return Err(bad(format!(
+                        "has {b} counts (experts), the imatrix it is added to {a} (not the same model?)"
+                    )))
+                }
+            }
+            for (h, v) in have.in_sum2.iter_mut().zip(&e.in_sum2) {
+                *h += v;
+            }
+            if let Some((index, value)) = first_non_finite(&have.in_sum2) {
+                return Err(ImatrixProblem::NonFinite {
+                    entry: name.clone(),
+                    what: "in_sum2 (after adding)",
+                    index,
+                    value,
+                });
+            }
+            have.counts = sum.iter().map(|&c| c as f32).collect();
+        }
+        self.datasets.extend(other.datasets.iter().cloned());
+        let max = self
+            .entries
+            .values()
+            .flat_map(|e| e.counts.iter())
+            .map(|c| c.round() as i64)
+            .max()
+            .unwrap_or(0);
+        self.chunk_count = u32::try_from(max / i64::from(self.chunk_size)).unwrap_or(u32::MAX);
+        Ok(())
+    }
+
     /// The importance weights of tensor `name` as `llama-quantize` derives them (REFERENCE §6.5),
     /// `None` when the file has no entry for it.
     pub fn weights(&self, name: &str) -> Option<Vec<f32>> {

@@ -154,3 +154,74 @@ fn legacy_to_gguf_follows_llama_imatrix_in_file() {
     assert_eq!(g.chunk_count, 1);
     assert!(l.to_gguf(0).is_err());
 }
+
+#[test]
+fn add_follows_llama_imatrix_load_imatrix() {
+    let mut m = Imatrix::empty(4);
+    m.add(&sample()).unwrap();
+    // 0 + a is a: the first input comes through unchanged (counts rounded).
+    assert_eq!(m.entries, sample().entries);
+    assert_eq!(m.chunk_count, 1, "⌊4/4⌋");
+    m.add(&sample()).unwrap();
+    let e = &m.entries["blk.1.ffn_down_exps.weight"];
+    assert_eq!(e.in_sum2, vec![4.0, 12.0, 0.0, 0.0, 18.0, 6.0]);
+    assert_eq!(e.counts, vec![4.0, 0.0, 6.0]);
+    assert_eq!(m.entries["blk.0.attn_q.weight"].counts, vec![8.0]);
+    assert_eq!(m.chunk_count, 2);
+    assert_eq!(m.datasets.len(), 4, "datasets appended");
+
+    // A legacy input: value·chunk_size, ncall·chunk_size added to every expert's count.
+    let l = sample().to_legacy().unwrap();
+    let mut g = Imatrix::empty(4);
+    g.add(&sample()).unwrap();
+    g.add(&l).unwrap();
+    let e = &g.entries["blk.1.ffn_down_exps.weight"];
+    assert_eq!(e.counts, vec![6.0, 4.0, 7.0]);
+    assert_eq!(e.in_sum2, vec![6.0, 18.0, 4.0, 4.0, 21.0, 7.0]);
+    assert_eq!(
+        g.datasets.last().map(String::as_str),
+        Some("calibration.txt")
+    );
+    // The other order: the one count held is broadcast over the experts first.
+    let mut h = Imatrix::empty(4);
+    h.add(&l).unwrap();
+    h.add(&sample()).unwrap();
+    assert_eq!(h.entries["blk.1.ffn_down_exps.weight"].counts, e.counts);
+    assert_eq!(h.entries["blk.1.ffn_down_exps.weight"].in_sum2, e.in_sum2);
+}
+
+#[test]
+fn add_refuses_another_model_and_overflow() {
+    let mut m = Imatrix::empty(4);
+    m.add(&sample()).unwrap();
+    let mut other = sample();
+    other
+        .entries
+        .get_mut("blk.0.attn_q.weight")
+        .unwrap()
+        .in_sum2
+        .push(1.0);
+    let e = m.add(&other).unwrap_err().to_string();
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("5 values"),
+        "{e}"
+    );
+    let mut other = sample();
+    other
+        .entries
+        .get_mut("blk.1.ffn_down_exps.weight")
+        .unwrap()
+        .counts = vec![1.0, 1.0];
+    let e = m.add(&other).unwrap_err().to_string();
+    assert!(e.contains("2 counts") && e.contains("3"), "{e}");
+    let mut big = sample();
+    big.entries.get_mut("blk.0.attn_q.weight").unwrap().in_sum2[0] = f32::MAX;
+    let mut m = Imatrix::empty(4);
+    m.add(&big).unwrap();
+    let e = m.add(&big).unwrap_err().to_string();
+    assert!(
+        e.contains("non-finite") && e.contains("blk.0.attn_q.weight"),
+        "{e}"
+    );
+    assert!(Imatrix::empty(0).add(&sample()).is_err());
+}
