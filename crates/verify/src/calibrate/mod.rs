@@ -17,6 +17,7 @@
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -71,7 +72,9 @@ pub enum CalibrateError {
         n_ctx: usize,
     },
     /// Sums became NaN or infinite (llama-imatrix aborts the same way).
-    #[error("non-finite activation sums in {tensor}{} (column {column}): the model produces NaN/inf activations on this text", expert.map(|e| format!(" expert {e}")).unwrap_or_default())]
+    #[error("non-finite activation sums in {tensor}{} (column {column}){}: the model produces NaN/inf activations on this text",
+        expert.map(|e| format!(" expert {e}")).unwrap_or_default(),
+        chunks.as_ref().map(|c| format!(" in chunks {}..{} of the text", c.start, c.end)).unwrap_or_default())]
     NonFinite {
         /// The weight tensor.
         tensor: String,
@@ -79,6 +82,9 @@ pub enum CalibrateError {
         expert: Option<usize>,
         /// The first bad column.
         column: usize,
+        /// The chunks (indices in the whole text) of the group in which the sums went bad, when
+        /// known ([`run_imatrix`] fills it in).
+        chunks: Option<Range<usize>>,
     },
     /// An activation does not fit the weight it feeds (a forward-pass bug or a foreign tensor).
     #[error("{tensor}: {detail}")]
@@ -275,6 +281,7 @@ impl ImatrixCollector {
                 tensor: weight.into(),
                 expert: None,
                 column: col,
+                chunks: None,
             });
         }
         // ggml_nrows(src1) / n_mat = tokens.
@@ -318,7 +325,60 @@ impl ImatrixCollector {
                 tensor: weight.into(),
                 expert: Some(expert),
                 column: col,
+                chunks: None,
             });
+        }
+        Ok(())
+    }
+
+    /// Starts the sums from `im` (GGUF form, e.g. the `--in-file` inputs added up), so this run's
+    /// x² are added onto them in llama-imatrix's order (it loads `--in-file` into its collector
+    /// before evaluating). Every entry must fit the model ([`check_imatrix`]); a single count of
+    /// an expert stack is broadcast to every expert, equal per-slice counts of a dense weight
+    /// become its one count (both as llama-imatrix). Entries the run never touches are kept.
+    pub fn seed(&self, im: &Imatrix) -> Result<(), CalibrateError> {
+        check_fits(&|name| self.shapes.get(name).cloned(), im)?;
+        let mut map = self
+            .entries
+            .write()
+            .map_err(|_| CalibrateError::Invalid("imatrix collector lock poisoned".into()))?;
+        for (name, e) in &im.entries {
+            let ncols = self
+                .shapes
+                .get(name)
+                .and_then(|d| d.first())
+                .map_or(0, |&c| c as usize)
+                .max(1);
+            let counts: Vec<i64> = e.counts.iter().map(|c| c.round() as i64).collect();
+            let entry = if is_expert_stack(name) {
+                let n = e.in_sum2.len() / ncols;
+                Entry::Experts {
+                    ncols,
+                    slices: e
+                        .in_sum2
+                        .chunks(ncols)
+                        .enumerate()
+                        .map(|(j, v)| {
+                            Mutex::new(Acc {
+                                values: v.to_vec(),
+                                count: counts
+                                    .get(if counts.len() == n { j } else { 0 })
+                                    .copied()
+                                    .unwrap_or(0),
+                            })
+                        })
+                        .collect(),
+                }
+            } else {
+                Entry::Dense {
+                    ncols,
+                    acc: Mutex::new(Acc {
+                        values: e.in_sum2.clone(),
+                        count: counts.first().copied().unwrap_or(0),
+                    }),
+                }
+            };
+            map.insert(name.clone(), Arc::new(entry));
         }
         Ok(())
     }
@@ -405,6 +465,70 @@ impl LayerObserver for ImatrixCollector {
     }
 }
 
+/// Whether `name` is a `MUL_MAT_ID` expert stack (`blk.N.ffn_{gate,up,down}_exps.weight`): one
+/// count per expert rather than one per tensor.
+fn is_expert_stack(name: &str) -> bool {
+    name.contains("_exps.")
+}
+
+/// Checks that every entry of `im` (either format) fits the model whose tensor dims are `shapes`:
+/// the tensor exists, its values are `ncols · n_mat` (per expert or head slice), and its counts
+/// are one per expert for a stack (or one, broadcast), one (or equal ones) for a dense weight.
+/// The error names the entry and says it looks like an imatrix of another model.
+pub fn check_imatrix(source: &dyn WeightSource, im: &Imatrix) -> Result<(), CalibrateError> {
+    check_fits(&|name| source.tensor_dims(name), im)
+}
+
+/// [`check_imatrix`] against any table of tensor dims.
+fn check_fits(
+    shapes: &dyn Fn(&str) -> Option<Vec<u64>>,
+    im: &Imatrix,
+) -> Result<(), CalibrateError> {
+    for (name, e) in &im.entries {
+        let bad = |detail: String| CalibrateError::Shape {
+            tensor: name.clone(),
+            detail: format!("{detail} (an imatrix of another model?)"),
+        };
+        let Some(dims) = shapes(name) else {
+            return Err(bad("the model has no such tensor".into()));
+        };
+        let ncols = dims.first().copied().unwrap_or(0) as usize;
+        let n_mat: usize = dims
+            .iter()
+            .skip(2)
+            .map(|&d| d as usize)
+            .product::<usize>()
+            .max(1);
+        if e.in_sum2.len() != ncols * n_mat {
+            return Err(bad(format!(
+                "{} values, but the model's tensor {dims:?} takes {} ({n_mat} × {ncols} input columns)",
+                e.in_sum2.len(),
+                ncols * n_mat
+            )));
+        }
+        if e.ncall.is_some() || e.counts.len() <= 1 {
+            continue;
+        }
+        let fits = if is_expert_stack(name) {
+            e.counts.len() == n_mat
+        } else {
+            e.counts.windows(2).all(|w| w[0].round() == w[1].round())
+        };
+        if !fits {
+            return Err(bad(format!(
+                "{} counts, but the model's tensor {dims:?} has {}",
+                e.counts.len(),
+                if is_expert_stack(name) {
+                    format!("{n_mat} experts")
+                } else {
+                    "one count".into()
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Experts of one MoE layer that received no calibration tokens.
 ///
 /// Exists because llama-quantize silently quantizes such experts without importance weights (a
@@ -459,6 +583,8 @@ pub struct ImatrixPlan {
     pub n_ctx: usize,
     /// Chunks evaluated.
     pub n_chunk: usize,
+    /// Index in the whole text of the first chunk evaluated (`--from-chunk`).
+    pub first_chunk: usize,
     /// The evaluated tokens (after `from_chunk`), original ids, `n_chunk · n_ctx` of them.
     pub tokens: Vec<u32>,
     /// BOS written over each chunk's first token (when the vocabulary adds BOS).
@@ -514,6 +640,7 @@ impl ImatrixPlan {
         Ok(ImatrixPlan {
             n_ctx,
             n_chunk,
+            first_chunk: from_chunk,
             tokens: rest.get(..n_chunk * n_ctx).unwrap_or(rest).to_vec(),
             bos,
         })
@@ -558,6 +685,13 @@ pub struct ImatrixOptions {
     pub max_memory: Option<u64>,
     /// The dataset name recorded in the file (the `-f` path as given).
     pub dataset: String,
+    /// Sums to start from (`--in-file`, added up): this run's x² are added onto them and their
+    /// datasets come first.
+    pub initial: Option<Imatrix>,
+    /// Evaluate at most this many chunks per group, with group ends where the running chunk
+    /// count (inputs included) is a multiple of it, so each checkpoint (`--save-frequency`)
+    /// falls on one. Combined with `max_memory`'s grouping: the smaller group wins.
+    pub save_frequency: Option<usize>,
 }
 
 /// Reported while [`run_imatrix`] progresses.
@@ -571,6 +705,14 @@ pub enum ImatrixEvent<'a> {
         /// The perplexity so far.
         ppl: &'a PplAccumulator,
     },
+    /// A group of chunks other than the last has passed every layer: the statistics so far are
+    /// complete for the chunks done and can be saved as a checkpoint.
+    Checkpoint {
+        /// Everything collected so far (inputs included); `chunk_count` as it would be saved.
+        imatrix: &'a Imatrix,
+        /// The chunks of the text done (indices in the whole text, `first_chunk`-based).
+        chunks: Range<usize>,
+    },
 }
 
 /// What [`run_imatrix`] produced.
@@ -583,9 +725,15 @@ pub struct ImatrixOutcome {
 }
 
 /// llama-imatrix's `compute_imatrix` on the layer-major engine: evaluates the plan's chunks
-/// (each its own sequence, every position; groups bounded by `max_memory`), collects Σx² and
-/// counts with [`ImatrixCollector`], and scores positions n_ctx/2 … n_ctx−2 for the running
+/// (each its own sequence, every position), collects Σx² and counts with [`ImatrixCollector`]
+/// (starting from `opts.initial`), and scores positions n_ctx/2 … n_ctx−2 for the running
 /// perplexity as llama-imatrix prints it.
+///
+/// The chunks go through the engine in groups ([`chunk_groups`]: bounded by `max_memory` and
+/// `save_frequency`). Statistics are complete only when a whole group has passed every layer, so
+/// after each group the sums are checked (non-finite → [`CalibrateError::NonFinite`] naming the
+/// group's chunks; nothing more is evaluated) and, except after the last group, a
+/// [`ImatrixEvent::Checkpoint`] is reported.
 pub fn run_imatrix(
     engine: &Engine<'_>,
     plan: &ImatrixPlan,
@@ -601,58 +749,142 @@ pub fn run_imatrix(
             batch_rows: Some(plan.llama_batch_rows()),
         },
     );
+    let mut datasets = Vec::new();
+    if let Some(init) = &opts.initial {
+        let init = init
+            .to_gguf(chunk_size)
+            .map_err(|e| CalibrateError::Invalid(e.to_string()))?;
+        collector.seed(&init)?;
+        datasets.clone_from(&init.datasets);
+    }
+    datasets.push(opts.dataset.clone());
+    let base_chunks = collector.to_imatrix(Vec::new(), chunk_size)?.chunk_count as usize;
     let seqs = plan.sequences();
     let per_chunk = plan.scored_per_chunk();
     let compute_ppl = opts.compute_ppl && per_chunk > 0;
     let first = plan.n_ctx / 2;
     let scored = first..plan.n_ctx.saturating_sub(1);
     let none = |_: usize, _: usize| false;
-    let logit_positions = if opts.process_output {
-        LogitPositions::All
-    } else if compute_ppl {
-        LogitPositions::Range(scored.clone())
-    } else {
-        LogitPositions::Predicate(&none)
-    };
+    let groups = chunk_groups(
+        plan.n_chunk,
+        memory_group_chunks(engine, plan.n_ctx, opts.max_memory),
+        opts.save_frequency,
+        base_chunks,
+    );
+    let n_groups = groups.len();
     let events = Mutex::new(on_event);
-    let progress = |p: &Progress| {
-        if let Ok(mut f) = events.lock() {
-            f(ImatrixEvent::Layer(p));
-        }
-    };
-    let eval = EvalOptions {
-        logit_positions,
-        max_memory: opts.max_memory,
-        observer: Some(&collector),
-        progress: Some(&progress),
-    };
     let mut ppl = PplAccumulator::default();
     let mut in_chunk = 0usize;
-    let mut on_logits = |si: usize, pos: usize, logits: &[f32]| {
-        if !compute_ppl || !scored.contains(&pos) {
-            return;
-        }
-        let Some(&tok) = plan.tokens.get(si * plan.n_ctx + pos + 1) else {
-            return;
+    for (gi, group) in groups.into_iter().enumerate() {
+        let offset = group.start;
+        let logit_positions = if opts.process_output {
+            LogitPositions::All
+        } else if compute_ppl {
+            LogitPositions::Range(scored.clone())
+        } else {
+            LogitPositions::Predicate(&none)
         };
-        ppl.add(token_nll(logits, tok as usize));
-        in_chunk += 1;
-        if in_chunk == per_chunk {
-            in_chunk = 0;
+        let progress = |p: &Progress| {
             if let Ok(mut f) = events.lock() {
-                f(ImatrixEvent::Chunk {
-                    chunk: si + 1,
-                    ppl: &ppl,
+                f(ImatrixEvent::Layer(&Progress {
+                    group: gi,
+                    n_groups,
+                    ..*p
+                }));
+            }
+        };
+        let eval = EvalOptions {
+            logit_positions,
+            max_memory: opts.max_memory,
+            observer: Some(&collector),
+            progress: Some(&progress),
+        };
+        let mut on_logits = |si: usize, pos: usize, logits: &[f32]| {
+            let si = si + offset;
+            if !compute_ppl || !scored.contains(&pos) {
+                return;
+            }
+            let Some(&tok) = plan.tokens.get(si * plan.n_ctx + pos + 1) else {
+                return;
+            };
+            ppl.add(token_nll(logits, tok as usize));
+            in_chunk += 1;
+            if in_chunk == per_chunk {
+                in_chunk = 0;
+                if let Ok(mut f) = events.lock() {
+                    f(ImatrixEvent::Chunk {
+                        chunk: si + 1,
+                        ppl: &ppl,
+                    });
+                }
+            }
+        };
+        let text_chunks = plan.first_chunk + group.start..plan.first_chunk + group.end;
+        engine.evaluate(seqs.get(group).unwrap_or(&[]), &eval, &mut on_logits)?;
+        if let Some(e) = collector.take_error() {
+            return Err(match e {
+                CalibrateError::NonFinite {
+                    tensor,
+                    expert,
+                    column,
+                    ..
+                } => CalibrateError::NonFinite {
+                    tensor,
+                    expert,
+                    column,
+                    chunks: Some(text_chunks),
+                },
+                other => other,
+            });
+        }
+        if gi + 1 < n_groups {
+            let im = collector.to_imatrix(datasets.clone(), chunk_size)?;
+            if let Ok(mut f) = events.lock() {
+                f(ImatrixEvent::Checkpoint {
+                    imatrix: &im,
+                    chunks: plan.first_chunk..text_chunks.end,
                 });
             }
         }
-    };
-    engine.evaluate(&seqs, &eval, &mut on_logits)?;
-    let imatrix = collector.to_imatrix(vec![opts.dataset.clone()], chunk_size)?;
+    }
+    let imatrix = collector.to_imatrix(datasets, chunk_size)?;
     Ok(ImatrixOutcome {
         imatrix,
         ppl: compute_ppl.then_some(ppl),
     })
+}
+
+/// How many chunks of `n_ctx` tokens fit one engine group under `max_memory` (the engine's
+/// memory formula, [`Engine::memory_model`]); unbounded without a limit. At least 1: a limit too
+/// small for one chunk is the engine's error to report.
+fn memory_group_chunks(engine: &Engine<'_>, n_ctx: usize, max_memory: Option<u64>) -> usize {
+    let Some(limit) = max_memory else {
+        return usize::MAX;
+    };
+    let (fixed, per_token) = engine.memory_model(n_ctx);
+    let tokens = limit.saturating_sub(fixed) / per_token.max(1);
+    usize::try_from(tokens / n_ctx.max(1) as u64)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// Cuts chunks `0..n` into consecutive groups of at most `mem` chunks that never straddle a point
+/// where the running chunk count `base + end` is a multiple of `every` (the checkpoints of
+/// `--save-frequency`, numbered like llama-imatrix's `.at_N` files, which count the chunks of
+/// `--in-file` inputs too).
+pub fn chunk_groups(n: usize, mem: usize, every: Option<usize>, base: usize) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let mut end = n.min(start.saturating_add(mem.max(1)));
+        if let Some(every) = every.filter(|&e| e > 0) {
+            let done = base + start;
+            end = end.min(start + (every - done % every));
+        }
+        groups.push(start..end);
+        start = end;
+    }
+    groups
 }
 
 #[cfg(test)]

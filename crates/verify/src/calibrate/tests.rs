@@ -274,3 +274,151 @@ fn stats_follow_show_statistics() {
     assert!(out.contains("ffn_down"), "{out}");
     assert!(out.contains("Computing weighted average statistics per layer (2 layers)"));
 }
+
+fn entry(in_sum2: Vec<f32>, counts: Vec<f32>) -> ImatrixEntry {
+    ImatrixEntry {
+        in_sum2,
+        counts,
+        ncall: None,
+    }
+}
+
+fn imatrix(entries: Vec<(&str, ImatrixEntry)>) -> Imatrix {
+    let mut im = Imatrix::empty(1);
+    im.entries = entries
+        .into_iter()
+        .map(|(n, e)| (n.to_string(), e))
+        .collect();
+    im
+}
+
+#[test]
+fn seeded_sums_continue_in_llama_imatrix_order() {
+    let src = source();
+    let x = mat(16, 3, |r, c| (r * 3 + c) as f32 * 0.1);
+    // Collected in one collector: x then x again.
+    let one = ImatrixCollector::new(&src, CollectorOptions::default());
+    one.on_matmul(0, "blk.0.attn_q.weight", &x);
+    let first = one.to_imatrix(vec![], 16).unwrap();
+    one.on_matmul(0, "blk.0.attn_q.weight", &x);
+    let both = one.to_imatrix(vec![], 16).unwrap();
+    // The first half saved, then seeded into a new collector: bit-identical continuation.
+    let two = ImatrixCollector::new(&src, CollectorOptions::default());
+    two.seed(&first).unwrap();
+    two.on_matmul(0, "blk.0.attn_q.weight", &x);
+    assert_eq!(two.to_imatrix(vec![], 16).unwrap(), both);
+
+    // One (legacy-style) count of an expert stack is broadcast to every expert; entries the run
+    // never touches are kept.
+    let c = ImatrixCollector::new(&src, CollectorOptions::default());
+    c.seed(&imatrix(vec![
+        ("blk.1.ffn_up_exps.weight", entry(vec![1.0; 12], vec![5.0])),
+        ("output.weight", entry(vec![2.0; 3], vec![7.0])),
+    ]))
+    .unwrap();
+    c.on_expert_matmul(1, "blk.1.ffn_up_exps.weight", 2, &mat(1, 3, |_, _| 2.0));
+    let im = c.to_imatrix(vec![], 1).unwrap();
+    let e = &im.entries["blk.1.ffn_up_exps.weight"];
+    assert_eq!(e.counts, vec![5.0, 5.0, 6.0, 5.0]);
+    assert_eq!(&e.in_sum2[6..9], &[5.0, 5.0, 5.0]);
+    assert_eq!(im.entries["output.weight"].counts, vec![7.0]);
+    assert_eq!(im.chunk_count, 7);
+}
+
+#[test]
+fn an_imatrix_of_another_model_is_named() {
+    let src = source();
+    let cases = [
+        (
+            imatrix(vec![(
+                "blk.9.attn_q.weight",
+                entry(vec![1.0; 3], vec![1.0]),
+            )]),
+            "blk.9.attn_q.weight: the model has no such tensor",
+        ),
+        (
+            imatrix(vec![(
+                "blk.0.attn_q.weight",
+                entry(vec![1.0; 4], vec![1.0]),
+            )]),
+            "blk.0.attn_q.weight: 4 values, but the model's tensor [3, 4] takes 3",
+        ),
+        (
+            imatrix(vec![(
+                "blk.1.ffn_up_exps.weight",
+                entry(vec![1.0; 12], vec![1.0, 2.0]),
+            )]),
+            "2 counts, but the model's tensor [3, 6, 4] has 4 experts",
+        ),
+        (
+            imatrix(vec![(
+                "blk.0.attn_k_b.weight",
+                entry(vec![1.0; 6], vec![1.0, 2.0, 1.0]),
+            )]),
+            "3 counts, but the model's tensor [2, 5, 3] has one count",
+        ),
+    ];
+    for (im, want) in cases {
+        let e = check_imatrix(&src, &im).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains("another model"), "{e}");
+        let c = ImatrixCollector::new(&src, CollectorOptions::default());
+        assert!(c.seed(&im).is_err());
+    }
+    // Equal per-head counts of a dense 3-D weight (older files) are one count.
+    let ok = imatrix(vec![(
+        "blk.0.attn_k_b.weight",
+        entry(vec![1.0; 6], vec![4.0, 4.0, 4.0]),
+    )]);
+    let c = ImatrixCollector::new(&src, CollectorOptions::default());
+    c.seed(&ok).unwrap();
+    assert_eq!(
+        c.to_imatrix(vec![], 1).unwrap().entries["blk.0.attn_k_b.weight"].counts,
+        vec![4.0]
+    );
+}
+
+#[test]
+fn chunk_groups_respect_memory_and_checkpoints() {
+    assert_eq!(chunk_groups(5, usize::MAX, None, 0), vec![0..5]);
+    assert_eq!(chunk_groups(5, 2, None, 0), vec![0..2, 2..4, 4..5]);
+    assert_eq!(
+        chunk_groups(5, usize::MAX, Some(2), 0),
+        vec![0..2, 2..4, 4..5]
+    );
+    // The smaller bound wins, and checkpoints stay on multiples of N.
+    assert_eq!(chunk_groups(6, 3, Some(2), 0), vec![0..2, 2..4, 4..6]);
+    assert_eq!(chunk_groups(6, 2, Some(3), 0), vec![0..2, 2..3, 3..5, 5..6]);
+    // 3 chunks already in the --in-file inputs: checkpoints at 4, 6, 8 chunks in all.
+    assert_eq!(
+        chunk_groups(6, usize::MAX, Some(2), 3),
+        vec![0..1, 1..3, 3..5, 5..6]
+    );
+    assert!(chunk_groups(0, 2, Some(2), 0).is_empty());
+}
+
+#[test]
+fn non_finite_sums_name_tensor_expert_and_chunks() {
+    let e = CalibrateError::NonFinite {
+        tensor: "blk.3.ffn_down_exps.weight".into(),
+        expert: Some(7),
+        column: 5,
+        chunks: Some(10..12),
+    }
+    .to_string();
+    assert!(
+        e.contains("blk.3.ffn_down_exps.weight expert 7 (column 5) in chunks 10..12"),
+        "{e}"
+    );
+    // Sums that overflow f32 (each square finite) are caught at the call that overflows.
+    let src = source();
+    let c = ImatrixCollector::new(&src, CollectorOptions::default());
+    let big = mat(1, 3, |_, c| if c == 2 { 1.5e19 } else { 1.0 });
+    c.on_expert_matmul(1, "blk.1.ffn_up_exps.weight", 3, &big);
+    assert!(c.take_error().is_none(), "2.25e38 is finite");
+    c.on_expert_matmul(1, "blk.1.ffn_up_exps.weight", 3, &big);
+    let e = c.take_error().unwrap().to_string();
+    assert!(
+        e.contains("blk.1.ffn_up_exps.weight expert 3 (column 2)"),
+        "{e}"
+    );
+}
