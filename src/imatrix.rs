@@ -7,17 +7,32 @@
 //! where llama-imatrix users look for it (`--show-statistics`), and all imatrix work stays under
 //! one command; clap still refuses the collection arguments with it and requires them without.
 //!
+//! `--in-file FILE` (repeatable) adds earlier imatrices (GGUF or `.dat`) to what the run collects,
+//! as llama-imatrix does; without `-f TEXT` the inputs are only combined into OUT (checked against
+//! MODEL when one is given). With `--from-chunk` this splits a long calibration across runs or
+//! machines: chunks 0–99 on one, 100–199 on another, then `--in-file a --in-file b -o all`.
+//!
+//! Checkpoints. The engine is layer-major, so statistics are complete only after a whole group of
+//! chunks has passed every layer. Whenever a run has more than one group (`--max-memory`,
+//! `--save-frequency N`), OUT is rewritten atomically after each group with everything so far,
+//! so an interrupted run leaves a valid imatrix of the chunks done (stderr says which
+//! `--in-file OUT --from-chunk K` resumes). `--save-frequency N` also keeps snapshots named
+//! `OUT.at_K` (K = chunks so far, inputs included, a multiple of N): llama-imatrix's name for
+//! the same flag, so scripts written for it find them. Overwriting OUT is the resume point
+//! (one file, always the latest); the `.at_K` files are what `--save-frequency` means in
+//! llama-imatrix (watching the statistics converge), each as large as OUT.
+//!
 //! Output streams as llama-imatrix: the running perplexity `[k]X,` and `Final estimate` on stdout
 //! (unless `--no-ppl`); progress, the coverage report and notes on stderr (`--quiet` keeps only
 //! errors there).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ::verify::calibrate::{self, stats, ImatrixEvent, ImatrixOptions, ImatrixPlan};
 use ::verify::{Device, Engine};
 use anyhow::{bail, Context, Result};
-use formats::imatrix::Imatrix;
+use formats::imatrix::{Imatrix, ImatrixError, ImatrixFormat};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::hf_source::{open_model, read_text, set_threads};
@@ -34,17 +49,25 @@ pub enum OutputFormat {
 /// Arguments of `r1q imatrix`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model: a GGUF file (any type) or an HF checkpoint directory.
-    #[arg(required_unless_present = "stats")]
+    /// The model: a GGUF file (any type) or an HF checkpoint directory. Optional when only
+    /// combining --in-file inputs (then, if given, the inputs are checked against it).
+    #[arg(required_unless_present_any = ["stats", "in_file"])]
     model: Option<PathBuf>,
-    /// The calibration text (UTF-8), tokenized once as a whole.
+    /// The calibration text (UTF-8), tokenized once as a whole. Without it, --in-file inputs are
+    /// only combined into OUT.
     #[arg(
         short = 'f',
         long = "file",
         value_name = "TEXT",
-        required_unless_present = "stats"
+        required_unless_present_any = ["stats", "in_file"],
+        requires = "model"
     )]
     file: Option<PathBuf>,
+    /// An earlier imatrix (GGUF or legacy .dat) whose sums and counts are added to this run's
+    /// (llama-imatrix --in-file); repeatable, or several separated by commas as llama-imatrix
+    /// takes them (it keeps only the last of a repeated --in-file; r1q adds them all).
+    #[arg(long = "in-file", value_name = "FILE", value_delimiter = ',')]
+    in_file: Vec<PathBuf>,
     /// Where to write the imatrix (atomically).
     #[arg(
         short = 'o',
@@ -53,9 +76,10 @@ pub struct Args {
         required_unless_present = "stats"
     )]
     output: Option<PathBuf>,
-    /// Chunk length in tokens (llama-imatrix's -c); the text needs at least two chunks.
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
-    ctx_size: usize,
+    /// Chunk length in tokens (llama-imatrix's -c; default 512); the text needs at least two
+    /// chunks. When only combining, the default is the --in-file inputs' chunk size.
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    ctx_size: Option<usize>,
     /// Evaluate at most N chunks (default: all ⌊tokens/ctx⌋).
     #[arg(long, value_name = "N")]
     chunks: Option<usize>,
@@ -77,6 +101,10 @@ pub struct Args {
     /// Evaluate the chunks in groups whose peak memory stays below BYTES.
     #[arg(long, value_name = "BYTES")]
     max_memory: Option<u64>,
+    /// Evaluate at most N chunks per group; after each group rewrite OUT (a checkpoint) and,
+    /// every N chunks, keep a snapshot OUT.at_K (K chunks so far, as llama-imatrix names them).
+    #[arg(long, value_name = "N", requires = "file", value_parser = clap::value_parser!(u64).range(1..))]
+    save_frequency: Option<u64>,
     /// Where the forward pass runs: cpu, cuda or cuda:N (cuda needs a build with --features
     /// cuda).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
@@ -86,24 +114,54 @@ pub struct Args {
     quiet: bool,
     /// Print per-tensor statistics of an existing imatrix FILE (llama-imatrix
     /// --show-statistics) and exit.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "file", "output", "chunks", "process_output", "no_ppl", "max_memory"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "file", "output", "chunks", "process_output", "no_ppl", "max_memory", "in_file", "save_frequency"])]
     stats: Option<PathBuf>,
 }
+
+/// llama-imatrix's default chunk length (`-c`).
+const DEFAULT_CTX: usize = 512;
 
 /// Runs `r1q imatrix`.
 pub fn run(args: &Args) -> Result<()> {
     if let Some(path) = &args.stats {
         return show_stats(path);
     }
-    let (Some(model_path), Some(text_path), Some(out)) = (&args.model, &args.file, &args.output)
-    else {
-        bail!("r1q imatrix needs MODEL, -f TEXT and -o OUT (or --stats FILE)");
+    let Some(out) = &args.output else {
+        bail!("r1q imatrix needs -o OUT (or --stats FILE)");
+    };
+    let note = |s: String| {
+        if !args.quiet {
+            eprintln!("{s}");
+        }
+    };
+    if args.output_format == OutputFormat::Gguf && out.extension().is_none_or(|e| e != "gguf") {
+        note(format!(
+            "imatrix: note: writing the GGUF format to {} (not a .gguf name); use --output-format dat for the legacy format",
+            out.display()
+        ));
+    }
+    let inputs = args
+        .in_file
+        .iter()
+        .map(|p| Ok((p.clone(), Imatrix::load(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let ctx_size = chunk_size(args, &inputs, &note)?;
+    let Some(text_path) = &args.file else {
+        return combine(args, out, ctx_size, &inputs, &note);
+    };
+    let Some(model_path) = &args.model else {
+        bail!("r1q imatrix -f TEXT needs MODEL");
     };
     // The device seam (verify::backend): cpu always; cuda with the `cuda` feature and a driver,
     // otherwise one line saying which is missing.
     let device: Device = args.device.parse()?;
     set_threads(args.threads)?;
     let model = open_model(model_path)?;
+    let initial = if inputs.is_empty() {
+        None
+    } else {
+        Some(add_inputs(&inputs, ctx_size, Some(&model.source))?)
+    };
     let engine = Engine::new_with_device(&model.source, device)?;
     let tok = &model.tokenizer;
     let n_vocab = engine.config().n_vocab;
@@ -124,19 +182,8 @@ pub fn run(args: &Args) -> Result<()> {
     let bos = if tok.add_bos() { tok.bos() } else { None };
     let text = read_text(text_path)?;
     let tokens = tok.encode(&text, true)?;
-    let plan = ImatrixPlan::new(&tokens, args.ctx_size, args.chunks, args.from_chunk, bos)
+    let plan = ImatrixPlan::new(&tokens, ctx_size, args.chunks, args.from_chunk, bos)
         .map_err(|e| anyhow::anyhow!("{}: {e}", text_path.display()))?;
-    let note = |s: String| {
-        if !args.quiet {
-            eprintln!("{s}");
-        }
-    };
-    if args.output_format == OutputFormat::Gguf && out.extension().is_none_or(|e| e != "gguf") {
-        note(format!(
-            "imatrix: note: writing the GGUF format to {} (not a .gguf name); use --output-format dat for the legacy format",
-            out.display()
-        ));
-    }
     note(format!(
         "imatrix: computing over {} chunks of {} tokens ({} tokens) on {}",
         plan.n_chunk,
@@ -149,7 +196,9 @@ pub fn run(args: &Args) -> Result<()> {
     let bar = bar(n_layer, args.quiet);
     bar.set_prefix(model.label());
     let mut stdout = std::io::stdout();
-    let mut io_err: Option<std::io::Error> = None;
+    let mut io_err: Option<anyhow::Error> = None;
+    // The chunks of the text in the last checkpoint written to OUT.
+    let mut saved: Option<std::ops::Range<usize>> = None;
     let mut on_event = |e: ImatrixEvent<'_>| match e {
         ImatrixEvent::Layer(p) => {
             bar.set_length(n_layer * p.n_groups as u64);
@@ -161,7 +210,31 @@ pub fn run(args: &Args) -> Result<()> {
         ImatrixEvent::Chunk { chunk, ppl } => {
             let line = ::verify::ppl::chunk_text(chunk, ppl);
             if let Err(err) = write!(stdout, "{line}").and_then(|_| stdout.flush()) {
-                io_err.get_or_insert(err);
+                io_err.get_or_insert(err.into());
+            }
+        }
+        ImatrixEvent::Checkpoint { imatrix, chunks } => {
+            if io_err.is_some() {
+                return;
+            }
+            match save(imatrix, out, args.output_format, args.save_frequency) {
+                Ok(()) => {
+                    bar.suspend(|| {
+                        note(format!(
+                            "imatrix: checkpoint: {} holds chunks {}..{} of the text ({} chunks in all); \
+                             if interrupted, resume with {}",
+                            out.display(),
+                            chunks.start,
+                            chunks.end,
+                            imatrix.chunk_count,
+                            resume_hint(args, out, &chunks)
+                        ))
+                    });
+                    saved = Some(chunks);
+                }
+                Err(e) => {
+                    io_err.get_or_insert(e);
+                }
             }
         }
     };
@@ -170,24 +243,37 @@ pub fn run(args: &Args) -> Result<()> {
         compute_ppl: !args.no_ppl,
         max_memory: args.max_memory,
         dataset: text_path.display().to_string(),
+        initial,
+        save_frequency: args.save_frequency.map(|n| n as usize),
     };
     let started = std::time::Instant::now();
-    let outcome = calibrate::run_imatrix(&engine, &plan, &opts, &mut on_event)
+    let result = calibrate::run_imatrix(&engine, &plan, &opts, &mut on_event);
+    bar.finish_and_clear();
+    let outcome = result
+        .map_err(|e| {
+            let left = match &saved {
+                Some(c) => format!(
+                    "; {} keeps the checkpoint of chunks {}..{} (resume with {})",
+                    out.display(),
+                    c.start,
+                    c.end,
+                    resume_hint(args, out, c)
+                ),
+                None => format!("; nothing was written to {}", out.display()),
+            };
+            anyhow::anyhow!("{e}{left}")
+        })
         .with_context(|| format!("imatrix of {}", model.path.display()))?;
     let secs = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
     if let Some(e) = io_err {
-        return Err(e.into());
+        return Err(e);
     }
     if let Some(ppl) = &outcome.ppl {
         println!();
         println!("{}", ::verify::ppl::final_text(ppl));
     }
     let im = &outcome.imatrix;
-    match args.output_format {
-        OutputFormat::Gguf => im.save_gguf(out)?,
-        OutputFormat::Dat => im.save_dat(out)?,
-    }
+    save(im, out, args.output_format, args.save_frequency)?;
     note(format!(
         "imatrix: {} entries from {} chunks ({} tokens, {:.1} tokens/s) written to {}",
         im.entries.len(),
@@ -198,6 +284,127 @@ pub fn run(args: &Args) -> Result<()> {
     ));
     for line in coverage_lines(im, args.output_format) {
         note(line);
+    }
+    Ok(())
+}
+
+/// The arguments that continue a run whose checkpoint OUT holds chunks `done` of the text:
+/// OUT as the only `--in-file` (it already includes the earlier inputs), the next chunk, and
+/// what is left of `--chunks`.
+fn resume_hint(args: &Args, out: &Path, done: &std::ops::Range<usize>) -> String {
+    let rest = args
+        .chunks
+        .map(|c| format!(" --chunks {}", c.saturating_sub(done.len())))
+        .unwrap_or_default();
+    let instead = if args.in_file.is_empty() {
+        ""
+    } else {
+        " in place of the earlier --in-file inputs, which it includes"
+    };
+    format!(
+        "--in-file {} --from-chunk {}{rest}{instead}",
+        out.display(),
+        done.end
+    )
+}
+
+/// The chunk size of this run: `-c`; without it, when only combining, the one chunk size the
+/// GGUF inputs share (an error when they differ), else llama-imatrix's 512. A GGUF input of
+/// another chunk size gets a note: its sums still add up (they are per token), but its chunk
+/// count and `--from-chunk` count in chunks of a different length.
+fn chunk_size(args: &Args, inputs: &[(PathBuf, Imatrix)], note: &dyn Fn(String)) -> Result<usize> {
+    let sized: Vec<(&PathBuf, usize)> = inputs
+        .iter()
+        .filter(|(_, im)| im.format == ImatrixFormat::Gguf)
+        .map(|(p, im)| (p, im.chunk_size as usize))
+        .collect();
+    let n = match (args.ctx_size, &args.file, sized.first()) {
+        (Some(c), _, _) => c,
+        (None, None, Some(&(first, c))) => {
+            if let Some((p, other)) = sized.iter().find(|(_, s)| *s != c) {
+                bail!(
+                    "--in-file {} has chunks of {c} tokens but {} of {other}; pass -c to choose the chunk size of OUT",
+                    first.display(),
+                    p.display()
+                );
+            }
+            c
+        }
+        _ => DEFAULT_CTX,
+    };
+    if n == 0 {
+        bail!("the context (-c) must be at least 1 token");
+    }
+    for (p, c) in sized.iter().filter(|(_, c)| *c != n) {
+        note(format!(
+            "imatrix: note: --in-file {} was collected with chunks of {c} tokens, this run uses {n}; \
+             its sums are added as they are, chunk counts are in chunks of {n}",
+            p.display()
+        ));
+    }
+    Ok(n)
+}
+
+/// The inputs added up (llama-imatrix's `load_imatrix` per `--in-file`, in order), each first
+/// checked against `model` when there is one; errors name the file and the entry.
+fn add_inputs(
+    inputs: &[(PathBuf, Imatrix)],
+    ctx_size: usize,
+    model: Option<&dyn ::verify::WeightSource>,
+) -> Result<Imatrix> {
+    let mut sum = Imatrix::empty(u32::try_from(ctx_size).context("-c is too large")?);
+    for (path, im) in inputs {
+        if let Some(source) = model {
+            calibrate::check_imatrix(source, im)
+                .map_err(|e| anyhow::anyhow!("imatrix file {}: {e}", path.display()))?;
+        }
+        sum.add(im)
+            .map_err(|p| ImatrixError::new(path.clone(), p))?;
+    }
+    Ok(sum)
+}
+
+/// `--in-file …` without `-f`: the inputs combined into OUT (llama-imatrix does the same when
+/// it has no prompt).
+fn combine(
+    args: &Args,
+    out: &Path,
+    ctx_size: usize,
+    inputs: &[(PathBuf, Imatrix)],
+    note: &dyn Fn(String),
+) -> Result<()> {
+    let model = args.model.as_deref().map(open_model).transpose()?;
+    let source = model
+        .as_ref()
+        .map(|m| &m.source as &dyn ::verify::WeightSource);
+    let im = add_inputs(inputs, ctx_size, source)?;
+    save(&im, out, args.output_format, None)?;
+    note(format!(
+        "imatrix: {} entries from {} chunks of {} input file(s) written to {}",
+        im.entries.len(),
+        im.chunk_count,
+        inputs.len(),
+        out.display()
+    ));
+    for line in coverage_lines(&im, args.output_format) {
+        note(line);
+    }
+    Ok(())
+}
+
+/// Writes `im` to OUT atomically in `format`, and with `--save-frequency N` also the snapshot
+/// `OUT.at_K` when its chunk count K is a multiple of N.
+fn save(im: &Imatrix, out: &Path, format: OutputFormat, every: Option<u64>) -> Result<()> {
+    let write = |path: &Path| match format {
+        OutputFormat::Gguf => im.save_gguf(path),
+        OutputFormat::Dat => im.save_dat(path),
+    };
+    write(out)?;
+    let k = u64::from(im.chunk_count);
+    if every.is_some_and(|n| k > 0 && k.is_multiple_of(n)) {
+        let mut at = out.as_os_str().to_owned();
+        at.push(format!(".at_{k}"));
+        write(Path::new(&at))?;
     }
     Ok(())
 }

@@ -224,3 +224,216 @@ fn imatrix_of_another_model_is_refused_by_quantize() {
     );
     assert!(!out.exists());
 }
+
+/// Runs `r1q imatrix` and expects success.
+fn r1q_ok(args: &[&std::ffi::OsStr]) {
+    let res = Command::new(env!("CARGO_BIN_EXE_r1q"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+/// `--in-file` inputs that cannot be added: a truncated file, an imatrix of another model (checked
+/// against MODEL, with or without `-f`), two imatrices of different models; each names the file
+/// and the tensor and writes nothing. A legacy .dat and a GGUF of the same model combine.
+#[test]
+fn in_file_truncated_or_of_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let qwen = fixture_f32(d, fixtures::Arch::Qwen2);
+    let llama = fixture_f32(d, fixtures::Arch::Llama);
+    let t = text(d, 600);
+    let collect = |model: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            os("imatrix"),
+            model.as_os_str(),
+            os("-f"),
+            t.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+            os("-c"),
+            os("64"),
+            os("--chunks"),
+            os("2"),
+            os("-q"),
+            os("--no-ppl"),
+        ];
+        args.extend(extra.iter().map(|s| os(s)));
+        r1q_ok(&args);
+    };
+    let (q, q_dat, l) = (d.join("q.gguf"), d.join("q.dat"), d.join("l.gguf"));
+    collect(&qwen, &q, &[]);
+    collect(&qwen, &q_dat, &["--output-format", "dat"]);
+    collect(&llama, &l, &[]);
+    let out = d.join("out.gguf");
+
+    // A .dat and a GGUF of the same model combine (checked against the model too).
+    r1q_ok(&[
+        os("imatrix"),
+        qwen.as_os_str(),
+        os("--in-file"),
+        q.as_os_str(),
+        os("--in-file"),
+        q_dat.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("-q"),
+    ]);
+    let m = formats::imatrix::Imatrix::load(&out).unwrap();
+    assert_eq!(m.chunk_count, 4);
+    std::fs::remove_file(&out).unwrap();
+
+    let bytes = std::fs::read(&q).unwrap();
+    let cut = d.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = r1q_err(&[
+        os("imatrix"),
+        os("--in-file"),
+        q.as_os_str(),
+        os("--in-file"),
+        cut.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+    ]);
+    assert!(e.contains("cut.gguf"), "{e}");
+    assert!(!out.exists());
+
+    // The llama fixture's tensors are wider than qwen2's: the first one named.
+    for with_text in [false, true] {
+        let mut args = vec![os("imatrix"), qwen.as_os_str()];
+        if with_text {
+            args.extend([os("-f"), t.as_os_str(), os("-c"), os("64")]);
+        }
+        args.extend([
+            os("--in-file"),
+            q.as_os_str(),
+            os("--in-file"),
+            l.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+        ]);
+        let e = r1q_err(&args);
+        assert!(
+            e.contains("l.gguf") && e.contains("blk.") && e.contains("another model"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
+    // Without a model to check against, the two files disagree on an entry's size.
+    let e = r1q_err(&[
+        os("imatrix"),
+        os("--in-file"),
+        q.as_os_str(),
+        os("--in-file"),
+        l.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+    ]);
+    assert!(
+        e.contains("l.gguf") && e.contains("entry 'blk.") && e.contains("values"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+/// A model whose embeddings are NaN for every token that chunk 0 does not use: chunk 0 is clean,
+/// the first chunk c with another token poisons the sums. The run stops after the group holding
+/// chunk c with one line naming the tensor and the chunks; with `--save-frequency 1` OUT keeps
+/// the checkpoint of chunks 0..c (and the message says so), without it nothing is written.
+#[test]
+fn non_finite_sums_stop_the_run_and_keep_the_last_checkpoint() {
+    use formats::gguf::{GgufFile, GgufWriter, TensorDecl};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let clean = fixture_f32(d, fixtures::Arch::Qwen2);
+    let t = d.join("two-part.txt");
+    let text = format!(
+        "{}{}",
+        "the ".repeat(60),
+        "Quick brown foxes jump over lazy dogs; zebras vex. ".repeat(20)
+    );
+    std::fs::write(&t, &text).unwrap();
+    let file = GgufFile::open(&clean).unwrap();
+    let tok = verify::tokenize::Tokenizer::from_gguf(&file).unwrap();
+    let tokens = tok.encode(&text, true).unwrap();
+    let mut chunk0: std::collections::HashSet<u32> = tokens[..64].iter().copied().collect();
+    chunk0.extend(tok.bos());
+    // The first chunk with a token chunk 0 lacks (BOS replaces each chunk's first token).
+    let c = (1..4)
+        .find(|&c| {
+            tokens[c * 64 + 1..(c + 1) * 64]
+                .iter()
+                .any(|t| !chunk0.contains(t))
+        })
+        .expect("a chunk of other tokens among the first four");
+    let model = d.join("nan.gguf");
+    let decls = file
+        .tensors()
+        .iter()
+        .map(|i| TensorDecl::new(i.name.clone(), i.dims.clone(), i.ggml_type))
+        .collect();
+    let mut w = GgufWriter::create(&model, file.metadata(), decls).unwrap();
+    for info in file.tensors() {
+        let mut data = file.tensor_data(info).to_vec();
+        if info.name == "token_embd.weight" {
+            let row = info.dims[0] as usize * 4;
+            for (id, r) in data.chunks_mut(row).enumerate() {
+                if !chunk0.contains(&(id as u32)) {
+                    for v in r.chunks_mut(4) {
+                        v.copy_from_slice(&f32::NAN.to_le_bytes());
+                    }
+                }
+            }
+        }
+        w.write_tensor(&data).unwrap();
+    }
+    w.finish().unwrap();
+
+    let out = d.join("out.gguf");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            os("imatrix"),
+            model.as_os_str(),
+            os("-f"),
+            t.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+            os("-c"),
+            os("64"),
+            os("--chunks"),
+            os("4"),
+            os("-q"),
+            os("--no-ppl"),
+        ];
+        args.extend(extra.iter().map(|s| os(s)));
+        r1q_err(&args)
+    };
+    let e = run(&[]);
+    assert!(
+        e.contains("non-finite activation sums in blk.0.") && e.contains("in chunks 0..4"),
+        "{e}"
+    );
+    assert!(e.contains("nothing was written"), "{e}");
+    assert!(!out.exists());
+
+    let e = run(&["--save-frequency", "1"]);
+    assert!(
+        e.contains("non-finite activation sums in blk.0.")
+            && e.contains(&format!("in chunks {c}..{}", c + 1)),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("keeps the checkpoint of chunks 0..{c}"))
+            && e.contains(&format!("--from-chunk {c}")),
+        "{e}"
+    );
+    let kept = formats::imatrix::Imatrix::load(&out).unwrap();
+    assert_eq!(kept.chunk_count as usize, c);
+    assert!(d.join(format!("out.gguf.at_{c}")).exists());
+    assert!(!d.join(format!("out.gguf.at_{}", c + 1)).exists());
+}

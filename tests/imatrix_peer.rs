@@ -107,39 +107,11 @@ fn r1q_imatrix(model: &Path, text: &Path, out: &Path, format: &str) {
     );
 }
 
-/// Largest relative difference per column; panics on a difference of names, sizes or counts.
+/// Largest relative difference per column; panics on a difference of names, sizes, counts or
+/// chunk bookkeeping, or on a column beyond [`REL_TOL`].
 fn compare(arch: &str, ours: &Imatrix, theirs: &Imatrix) -> f64 {
-    assert_eq!(
-        ours.entries.keys().collect::<Vec<_>>(),
-        theirs.entries.keys().collect::<Vec<_>>(),
-        "{arch}: entry names"
-    );
-    assert_eq!(
-        (ours.chunk_count, ours.chunk_size, &ours.datasets),
-        (theirs.chunk_count, theirs.chunk_size, &theirs.datasets),
-        "{arch}: chunk bookkeeping"
-    );
-    let mut worst = 0f64;
-    for (name, a) in &ours.entries {
-        let b = &theirs.entries[name];
-        assert_eq!(a.counts, b.counts, "{arch} {name}: counts");
-        assert_eq!(a.in_sum2.len(), b.in_sum2.len(), "{arch} {name}: size");
-        for (i, (&x, &y)) in a.in_sum2.iter().zip(&b.in_sum2).enumerate() {
-            let (x, y) = (f64::from(x), f64::from(y));
-            let scale = x.abs().max(y.abs());
-            let rel = if scale == 0.0 {
-                0.0
-            } else {
-                (x - y).abs() / scale
-            };
-            assert!(
-                rel <= REL_TOL,
-                "{arch} {name}[{i}]: r1q {x} vs llama-imatrix {y} (relative {rel:e})"
-            );
-            worst = worst.max(rel);
-        }
-    }
-    worst
+    assert_eq!(ours.datasets, theirs.datasets, "{arch}: datasets");
+    assert_same(arch, ours, theirs, REL_TOL)
 }
 
 fn quantize_r1q(model: &Path, imatrix: &Path, out: &Path) {
@@ -395,4 +367,242 @@ fn stats_summarize_every_tensor() {
     }
     assert!(s.contains("ffn_down_exps") && s.contains("attn_k_b"), "{s}");
     assert!(s.contains("Computing weighted average statistics per layer"));
+}
+
+/// r1q imatrix with `-c 128 --no-ppl --quiet` and `extra` arguments.
+fn r1q_imatrix_args(model: &Path, text: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        os("imatrix"),
+        model.as_os_str(),
+        os("-f"),
+        text.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("-c"),
+        os("128"),
+        os("--no-ppl"),
+    ];
+    args.extend(extra.iter().map(|s| os(s)));
+    ok(r1q(&args), "r1q imatrix")
+}
+
+/// llama-imatrix combining `inputs` without a text. It insists on `-m` (never loaded), takes
+/// several inputs only comma-separated (a repeated `--in-file` keeps the last one), and takes the
+/// chunk size from `-c`.
+fn llama_combine(bin: &Path, model: &Path, inputs: &[&Path], out: &Path) {
+    let list: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    let res = Command::new(bin)
+        .arg("-m")
+        .arg(model)
+        .arg("--in-file")
+        .arg(list.join(","))
+        .arg("-o")
+        .arg(out)
+        .args(["-c", "128"])
+        .output()
+        .unwrap();
+    ok(res, "llama-imatrix --in-file … (combine only)");
+}
+
+/// Same entries, counts and chunk bookkeeping; Σx² within `rel` per column (0: bit-identical).
+/// Returns the largest relative difference.
+fn assert_same(what: &str, a: &Imatrix, b: &Imatrix, rel: f64) -> f64 {
+    let mut worst = 0f64;
+    assert_eq!(
+        a.entries.keys().collect::<Vec<_>>(),
+        b.entries.keys().collect::<Vec<_>>(),
+        "{what}: entry names"
+    );
+    assert_eq!(
+        (a.chunk_count, a.chunk_size),
+        (b.chunk_count, b.chunk_size),
+        "{what}: chunk bookkeeping"
+    );
+    for (name, x) in &a.entries {
+        let y = &b.entries[name];
+        assert_eq!(x.counts, y.counts, "{what} {name}: counts");
+        assert_eq!(x.in_sum2.len(), y.in_sum2.len(), "{what} {name}: size");
+        for (i, (&u, &v)) in x.in_sum2.iter().zip(&y.in_sum2).enumerate() {
+            let (u, v) = (f64::from(u), f64::from(v));
+            let d = (u - v).abs() / u.abs().max(v.abs()).max(f64::MIN_POSITIVE);
+            assert!(d <= rel, "{what} {name}[{i}]: {u} vs {v} (relative {d:e})");
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+/// A long calibration split in two (`--from-chunk`) and merged with `--in-file`: r1q's merge is
+/// llama-imatrix's merge of the same two files bit for bit (GGUF + GGUF and GGUF + .dat), equals a
+/// single run over all chunks within f32 rounding with exact counts, and a run resumed from the
+/// first half with `-f` equals llama-imatrix doing the same (it adds this run's x² onto the loaded
+/// sums).
+#[test]
+fn split_runs_merge_like_llama_imatrix_and_like_one_run() {
+    let Some(peer) = fixtures::support::peer_bin("llama-imatrix") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = calibration_text(d);
+    let model = fixture_f32(fixtures::Arch::DeepseekV3, d);
+    let (a, b, b_dat, all) = (
+        d.join("a.gguf"),
+        d.join("b.gguf"),
+        d.join("b.dat"),
+        d.join("all.gguf"),
+    );
+    r1q_imatrix_args(&model, &text, &a, &["--chunks", "2"]);
+    r1q_imatrix_args(&model, &text, &b, &["--from-chunk", "2", "--chunks", "2"]);
+    r1q_imatrix_args(
+        &model,
+        &text,
+        &b_dat,
+        &[
+            "--from-chunk",
+            "2",
+            "--chunks",
+            "2",
+            "--output-format",
+            "dat",
+        ],
+    );
+    r1q_imatrix_args(&model, &text, &all, &["--chunks", "4"]);
+
+    for (second, tag) in [(&b, "gguf+gguf"), (&b_dat, "gguf+dat")] {
+        let ours = d.join(format!("merged-{tag}.gguf"));
+        ok(
+            r1q(&[
+                os("imatrix"),
+                os("--in-file"),
+                a.as_os_str(),
+                os("--in-file"),
+                second.as_os_str(),
+                os("-o"),
+                ours.as_os_str(),
+            ]),
+            "r1q imatrix --in-file a --in-file b",
+        );
+        let theirs = d.join(format!("peer-{tag}.gguf"));
+        llama_combine(&peer, &model, &[&a, second], &theirs);
+        let (m, p) = (
+            Imatrix::load(&ours).unwrap(),
+            Imatrix::load(&theirs).unwrap(),
+        );
+        assert_same(&format!("merge {tag} vs llama-imatrix"), &m, &p, 0.0);
+        assert_eq!(m.datasets, p.datasets, "{tag}: datasets");
+        assert_eq!(m.chunk_count, 4, "{tag}");
+        if tag == "gguf+gguf" {
+            // Two halves summed separately vs one running sum: f32 rounding only.
+            let one = Imatrix::load(&all).unwrap();
+            assert_same("merge vs one run", &m, &one, 1e-5);
+            assert_eq!(m.datasets.len(), 2);
+        }
+    }
+
+    // Resuming: chunks 2..4 collected on top of a.gguf, by r1q and by llama-imatrix.
+    let ours = d.join("resumed.gguf");
+    r1q_imatrix_args(
+        &model,
+        &text,
+        &ours,
+        &[
+            "--in-file",
+            a.to_str().unwrap(),
+            "--from-chunk",
+            "2",
+            "--chunks",
+            "2",
+        ],
+    );
+    let theirs = d.join("resumed-peer.gguf");
+    let res = Command::new(&peer)
+        .arg("-m")
+        .arg(&model)
+        .arg("-f")
+        .arg(&text)
+        .arg("-o")
+        .arg(&theirs)
+        .arg("--in-file")
+        .arg(&a)
+        .args(["--from-chunk", "2", "--chunks", "2"])
+        .args(["-c", "128", "-b", "128", "-t", "2", "-ngl", "0"])
+        .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off", "--no-ppl"])
+        .output()
+        .unwrap();
+    ok(res, "llama-imatrix --in-file --from-chunk");
+    let (r, p) = (
+        Imatrix::load(&ours).unwrap(),
+        Imatrix::load(&theirs).unwrap(),
+    );
+    compare("resumed run", &r, &p);
+    assert_same(
+        "resumed vs one run",
+        &r,
+        &Imatrix::load(&all).unwrap(),
+        1e-5,
+    );
+}
+
+/// `--save-frequency 2` over 5 chunks: groups of ≤ 2 chunks, OUT rewritten after each, snapshots
+/// OUT.at_2 and OUT.at_4 kept, each identical to a run limited to that many chunks (the sums of a
+/// group are complete once it has passed every layer); resuming from a checkpoint with
+/// `--in-file … --from-chunk` gives the same file as the uninterrupted run.
+#[test]
+fn save_frequency_checkpoints_equal_shorter_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = calibration_text(d);
+    let model = fixture_f32(fixtures::Arch::DeepseekV3, d);
+    let out = d.join("run.gguf");
+    let res = r1q_imatrix_args(
+        &model,
+        &text,
+        &out,
+        &["--chunks", "5", "--save-frequency", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("--from-chunk 2 --chunks 3")
+            && stderr.contains("--from-chunk 4 --chunks 1"),
+        "{stderr}"
+    );
+    let full = Imatrix::load(&out).unwrap();
+    assert_eq!(full.chunk_count, 5);
+    assert!(
+        !d.join("run.gguf.at_5").exists(),
+        "5 is not a multiple of 2"
+    );
+    for k in [2usize, 4] {
+        let snap = Imatrix::load(d.join(format!("run.gguf.at_{k}"))).unwrap();
+        assert_eq!(snap.chunk_count as usize, k);
+        let short = d.join(format!("short-{k}.gguf"));
+        r1q_imatrix_args(&model, &text, &short, &["--chunks", &k.to_string(), "-q"]);
+        let short = Imatrix::load(&short).unwrap();
+        assert_same(&format!("at_{k} vs --chunks {k}"), &snap, &short, 0.0);
+        assert_eq!(snap.datasets, short.datasets);
+    }
+    // Resume after "an interruption" past chunk 4.
+    let resumed = d.join("resumed.gguf");
+    let at4 = d.join("run.gguf.at_4");
+    r1q_imatrix_args(
+        &model,
+        &text,
+        &resumed,
+        &[
+            "--in-file",
+            at4.to_str().unwrap(),
+            "--from-chunk",
+            "4",
+            "--chunks",
+            "1",
+            "-q",
+        ],
+    );
+    assert_same(
+        "resumed vs uninterrupted",
+        &Imatrix::load(&resumed).unwrap(),
+        &full,
+        0.0,
+    );
 }
