@@ -8,15 +8,13 @@
 
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
-use crate::legacy::{le_bytes, le_u16, put};
-use crate::search::{best_index_int8, nearest_int, GROUP_MAX_EPS, KVALUES_IQ4NL};
+use crate::iq4_lanes;
+use crate::legacy::{block32, le_bytes, le_u16, pack_nibbles, put, signed_absmax};
+use crate::search::{nearest_int, GROUP_MAX_EPS, KVALUES_IQ4NL};
 use formats::ggml_type::GgmlType;
 
 /// Elements per IQ4_NL block (`QK4_NL`) and per IQ4_XS sub-block.
 pub(crate) const QK4_NL: usize = 32;
-
-/// How far the scale search steps around its start (`ntry` as `quantize_iq4_nl`/`_xs` pass it).
-const NTRY: i32 = 7;
 
 /// `block_iq4_nl`: `ggml_half d; uint8_t qs[QK4_NL/2];`.
 #[repr(C)]
@@ -44,15 +42,14 @@ pub(crate) struct Iq4Packed<const HALF: usize> {
 /// without `qw`), a start scale max/127 refined by least squares and by 15 trial scales
 /// (t − 127)/max; then, for IQ4_XS (HALF = 128), 6-bit sub-scales against d = −max_scale/32 and
 /// levels re-picked with the rounded scales; for IQ4_NL (HALF = 16), levels re-picked with
-/// 1/scale (the unrounded f32 scale).
+/// 1/scale (the unrounded f32 scale). The per-block search and level picks are
+/// [`iq4_lanes`]'s (AVX2 or the scalar reference, same results).
 pub(crate) fn quantize_iq4_impl<const HALF: usize>(
     x: &[f32],
     qw: Option<&[f32]>,
 ) -> Iq4Packed<HALF> {
     let n = 2 * HALF;
     let x = &x[..n];
-    let values = &KVALUES_IQ4NL;
-    let v0 = f32::from(values[0]);
     let nb = n / QK4_NL;
 
     let mut sigma2 = 0f32;
@@ -66,7 +63,7 @@ pub(crate) fn quantize_iq4_impl<const HALF: usize>(
     let mut max_scale = 0f32;
     let mut amax_scale = 0f32;
     for ib in 0..nb {
-        let xb = &x[ib * QK4_NL..(ib + 1) * QK4_NL];
+        let xb = block32(&x[ib * QK4_NL..]);
         match qw {
             Some(q) => {
                 let qb = &q[ib * QK4_NL..(ib + 1) * QK4_NL];
@@ -80,44 +77,12 @@ pub(crate) fn quantize_iq4_impl<const HALF: usize>(
                 }
             }
         }
-        let mut amax = 0f32;
-        let mut max = 0f32;
-        for &v in xb {
-            let ax = v.abs();
-            if ax > amax {
-                amax = ax;
-                max = v;
-            }
-        }
-        if amax < GROUP_MAX_EPS {
+        let max = signed_absmax(xb);
+        if max.abs() < GROUP_MAX_EPS {
             scales[ib] = 0.0;
             continue;
         }
-        // ntry > 0: d = -max/values[0]
-        let mut d = -max / v0;
-        let mut id = 1.0 / d;
-        let (mut sumqx, mut sumq2) = (0f32, 0f32);
-        for (&v, &w) in xb.iter().zip(&weight) {
-            let q = f32::from(values[best_index_int8(values, id * v)]);
-            sumqx += w * q * v;
-            sumq2 += w * q * q;
-        }
-        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-        let mut best = d * sumqx;
-        for itry in -NTRY..=NTRY {
-            id = (itry + i32::from(values[0])) as f32 / max;
-            sumqx = 0.0;
-            sumq2 = 0.0;
-            for (&v, &w) in xb.iter().zip(&weight) {
-                let q = f32::from(values[best_index_int8(values, id * v)]);
-                sumqx += w * q * v;
-                sumq2 += w * q * q;
-            }
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
-            }
-        }
+        let d = iq4_lanes::search_scale(xb, &weight, max);
         scales[ib] = d;
         let abs_d = d.abs();
         if abs_d > amax_scale {
@@ -132,7 +97,7 @@ pub(crate) fn quantize_iq4_impl<const HALF: usize>(
         scales_l: [0; 4],
         qs: [0; HALF],
     };
-    let mut levels = [0u8; 256];
+    let mut levels = [[0u8; QK4_NL]; 8];
     if nb > 1 {
         let d = -max_scale / 32.0;
         out.d = f32_to_f16_bits(d);
@@ -141,10 +106,7 @@ pub(crate) fn quantize_iq4_impl<const HALF: usize>(
             let l = nearest_int(id * scales[ib]).clamp(-32, 31);
             let dl = d * l as f32;
             let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-            let xb = &x[ib * QK4_NL..(ib + 1) * QK4_NL];
-            for (lv, &v) in levels[ib * QK4_NL..].iter_mut().zip(xb) {
-                *lv = best_index_int8(values, idl * v) as u8;
-            }
+            iq4_lanes::pick_levels(block32(&x[ib * QK4_NL..]), idl, &mut levels[ib]);
             let l = (l + 32) as u8;
             let (l_l, l_h) = (l & 0xf, l >> 4);
             if ib % 2 == 0 {
@@ -161,14 +123,10 @@ pub(crate) fn quantize_iq4_impl<const HALF: usize>(
         } else {
             0.0
         };
-        for (lv, &v) in levels.iter_mut().zip(x) {
-            *lv = best_index_int8(values, id * v) as u8;
-        }
+        iq4_lanes::pick_levels(block32(x), id, &mut levels[0]);
     }
-    for i in 0..n / 32 {
-        for j in 0..16 {
-            out.qs[16 * i + j] = levels[32 * i + j] | (levels[32 * i + 16 + j] << 4);
-        }
+    for (qs, l) in out.qs.chunks_exact_mut(QK4_NL / 2).zip(&levels) {
+        qs.copy_from_slice(&pack_nibbles(l));
     }
     out
 }

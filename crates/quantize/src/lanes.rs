@@ -161,7 +161,7 @@ pub(crate) fn make_q3_groups_scalar<const N: usize, const V: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::QkxParams;
     use crate::search::GROUP_MAX_EPS;
     use std::arch::x86_64::*;
@@ -169,7 +169,7 @@ mod avx2 {
     /// Loads 8 floats.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn ld(a: &[f32; 8]) -> __m256 {
+    pub(crate) fn ld(a: &[f32; 8]) -> __m256 {
         // SAFETY: `a` is 8 contiguous initialised f32 (32 bytes); loadu needs no alignment.
         unsafe { _mm256_loadu_ps(a.as_ptr()) }
     }
@@ -177,7 +177,7 @@ mod avx2 {
     /// Stores 8 i32.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn st_i(a: &mut [i32; 8], v: __m256i) {
+    pub(crate) fn st_i(a: &mut [i32; 8], v: __m256i) {
         // SAFETY: `a` is 8 contiguous i32 (32 bytes); storeu needs no alignment.
         unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) }
     }
@@ -185,7 +185,7 @@ mod avx2 {
     /// Stores 8 floats.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn st(a: &mut [f32; 8], v: __m256) {
+    pub(crate) fn st(a: &mut [f32; 8], v: __m256) {
         // SAFETY: `a` is 8 contiguous f32 (32 bytes); storeu needs no alignment.
         unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) }
     }
@@ -204,7 +204,7 @@ mod avx2 {
     /// `mask ? b : a` per lane.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn sel(a: __m256, b: __m256, mask: __m256) -> __m256 {
+    pub(crate) fn sel(a: __m256, b: __m256, mask: __m256) -> __m256 {
         _mm256_blendv_ps(a, b, mask)
     }
 
@@ -614,12 +614,12 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic pseudo-random rows with the awkward cases the searches branch on: zeros,
     /// constant groups, all-positive groups, ties, outliers, tiny and huge magnitudes.
-    fn cases(n: usize) -> Vec<Vec<f32>> {
+    pub(crate) fn cases(n: usize) -> Vec<Vec<f32>> {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         let mut rnd = move || {
             s ^= s << 13;

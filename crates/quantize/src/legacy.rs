@@ -7,6 +7,12 @@
 /// Elements per legacy block (`QK4_0` = `QK4_1` = `QK5_0` = `QK5_1`).
 pub(crate) const QK: usize = 32;
 
+/// The 32 values of the block that starts at `x[0]` (callers pass whole blocks).
+#[inline]
+pub(crate) fn block32(x: &[f32]) -> &[f32; QK] {
+    x[..QK].try_into().expect("a whole block")
+}
+
 /// σ² of a whole row as the `*_impl` quantizers compute it: a running f32 Σx² in index order,
 /// divided by the row length (converted to f32, as C converts the `int64_t`).
 #[inline]
@@ -63,29 +69,25 @@ pub(crate) fn pack_nibbles(levels: &[u8; QK]) -> [u8; QK / 2] {
 /// Exists because C's loop is a 32-long chain of dependent compares: the maximum magnitude is
 /// the same whatever order it is taken in (NaN ignored as C ignores it; equal magnitudes have
 /// equal bits), so it is reduced in 8 independent lanes, and the first element reaching it is
-/// the one C's last update stored.
+/// the one C's last update stored, found without branches as the lowest bit of a mask of 32
+/// equality tests at a time.
 #[inline]
-pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+pub(crate) fn signed_absmax(x: &[f32; QK]) -> f32 {
     let mut acc = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
+    for c in x.chunks_exact(8) {
         for (a, &v) in acc.iter_mut().zip(c) {
             let av = v.abs();
             // `a < av ? av : a`: ignores NaN like C's comparison.
             *a = if *a < av { av } else { *a };
         }
     }
-    let mut amax = 0f32;
-    for a in acc
-        .into_iter()
-        .chain(chunks.remainder().iter().map(|v| v.abs()))
-    {
-        if amax < a {
-            amax = a;
-        }
+    let amax = acc.into_iter().fold(0f32, |m, a| if m < a { a } else { m });
+    let mut hits = 0u32;
+    for (i, &v) in x.iter().enumerate() {
+        hits |= u32::from(v.abs() == amax) << i;
     }
     if amax > 0.0 {
-        x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+        x[hits.trailing_zeros() as usize % QK]
     } else {
         0.0
     }
@@ -179,11 +181,16 @@ mod tests {
             &[],
         ];
         for x in rows {
-            assert_eq!(signed_absmax(x).to_bits(), c_loop(x).to_bits(), "{x:?}");
+            // zeros after the row change nothing C's loop finds
+            let mut block = [0f32; QK];
+            block[..x.len()].copy_from_slice(x);
+            assert_eq!(
+                signed_absmax(&block).to_bits(),
+                c_loop(x).to_bits(),
+                "{x:?}"
+            );
         }
-        let long: Vec<f32> = (0..32)
-            .map(|i| ((i * 7919 % 31) as f32 - 15.0) * 0.1)
-            .collect();
+        let long: [f32; QK] = std::array::from_fn(|i| ((i * 7919 % 31) as f32 - 15.0) * 0.1);
         assert_eq!(signed_absmax(&long).to_bits(), c_loop(&long).to_bits());
     }
 

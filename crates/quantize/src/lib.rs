@@ -13,6 +13,7 @@
 
 mod block;
 mod cast;
+mod iq4_lanes;
 mod iq4_nl;
 mod iq4_xs;
 mod k_scales;

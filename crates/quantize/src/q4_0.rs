@@ -9,7 +9,8 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::legacy::{
-    for_each_weighted_block, le_bytes, le_u16, pack_nibbles, put, signed_absmax, unpack, QK,
+    block32, for_each_weighted_block, le_bytes, le_u16, pack_nibbles, put, signed_absmax, unpack,
+    QK,
 };
 use crate::search::{c_trunc_u8, make_qx_quants};
 use formats::ggml_type::GgmlType;
@@ -45,25 +46,42 @@ impl BlockQ4_0 {
     }
 }
 
+/// The packed `qs` of `quantize_row_q4_0_ref`: `MIN(15, (int8_t)(x·id + 8.5f))` per value,
+/// stored through `uint8_t`, element j in the low nibble of byte j and j + 16 in the high one.
+#[inline]
+fn levels(x: &[f32; QK], id: f32) -> [u8; QK / 2] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::lanes::simd_enabled() {
+        // SAFETY: AVX2 is available (checked at run time just above).
+        return unsafe { avx2::levels(x, id) };
+    }
+    levels_scalar(x, id)
+}
+
+/// The scalar reference of [`levels`] (C's loop; the conversion as gcc's `cvttss2si`).
+fn levels_scalar(x: &[f32; QK], id: f32) -> [u8; QK / 2] {
+    let mut qs = [0u8; QK / 2];
+    for (j, q) in qs.iter_mut().enumerate() {
+        let xi0 = (c_trunc_u8(x[j] * id + 8.5) as i8).min(15) as u8;
+        let xi1 = (c_trunc_u8(x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
+        *q = xi0 | (xi1 << 4);
+    }
+    qs
+}
+
 impl Block for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     const ELEMS: usize = QK;
     const BYTES: usize = 18;
 
     fn quantize(x: &[f32]) -> Self {
+        let x = block32(x);
         let max = signed_absmax(x);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut qs = [0u8; QK / 2];
-        for (j, q) in qs.iter_mut().enumerate() {
-            // MIN(15, (int8_t)(x*id + 8.5f)), stored through uint8_t
-            let xi0 = (c_trunc_u8(x[j] * id + 8.5) as i8).min(15) as u8;
-            let xi1 = (c_trunc_u8(x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
-            *q = xi0 | (xi1 << 4);
-        }
         BlockQ4_0 {
             d: f32_to_f16_bits(d),
-            qs,
+            qs: levels(x, id),
         }
     }
 
@@ -84,5 +102,71 @@ impl Block for BlockQ4_0 {
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
         put(out, 2, &self.qs);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::QK;
+    use crate::lanes::avx2::ld;
+    use std::arch::x86_64::*;
+
+    /// [`super::levels`] 8 values per vector. `cvttps2dq` is the packed form of gcc's
+    /// `cvttss2si` (0x8000_0000 for NaN and out-of-range values), so its low byte, sign-extended,
+    /// is C's `(int8_t)`; `MIN(15, ·)` is signed; the saturating packs keep every value of
+    /// [−128, 15] and so yield exactly the low bytes.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn levels(x: &[f32; QK], id: f32) -> [u8; QK / 2] {
+        let (idv, half) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
+        let mut t = [_mm256_setzero_si256(); 4];
+        for (tk, x8) in t.iter_mut().zip(x.chunks_exact(8)) {
+            let v = ld(x8.try_into().expect("8 values"));
+            let c = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, idv), half));
+            let s = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(c));
+            *tk = _mm256_min_epi32(s, _mm256_set1_epi32(15));
+        }
+        // per 128-bit lane: [t0 t1 t2 t3] quarters interleave; restore element order
+        let b = _mm256_packs_epi16(
+            _mm256_packs_epi32(t[0], t[1]),
+            _mm256_packs_epi32(t[2], t[3]),
+        );
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let (lo, hi) = (_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+        let q = _mm_or_si128(
+            lo,
+            _mm_and_si128(_mm_slli_epi16::<4>(hi), _mm_set1_epi8(0xF0u8 as i8)),
+        );
+        let mut out = [0u8; QK / 2];
+        // SAFETY: `out` is 16 bytes; storeu needs no alignment.
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), q) };
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lanes::tests::cases;
+
+    #[test]
+    fn simd_levels_match_scalar() {
+        for x in cases(4 * QK) {
+            for xb in x.chunks_exact(QK) {
+                let xb: &[f32; QK] = xb.try_into().unwrap();
+                let max = signed_absmax(xb);
+                let natural = if max != 0.0 { -8.0 / max } else { 0.0 };
+                for id in [
+                    natural,
+                    0.0,
+                    f32::INFINITY,
+                    -f32::INFINITY,
+                    f32::NAN,
+                    3e9,
+                    -1e38,
+                ] {
+                    assert_eq!(levels(xb, id), levels_scalar(xb, id), "id {id} of {xb:?}");
+                }
+            }
+        }
     }
 }

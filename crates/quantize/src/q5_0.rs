@@ -8,7 +8,7 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::legacy::{
-    for_each_weighted_block, le_bytes, le_u16, le_u32, pack_high_bits, pack_nibbles, put,
+    block32, for_each_weighted_block, le_bytes, le_u16, le_u32, pack_high_bits, pack_nibbles, put,
     signed_absmax, unpack, QK,
 };
 use crate::search::{c_trunc_u8, make_qx_quants};
@@ -58,6 +58,7 @@ impl Block for BlockQ5_0 {
     const BYTES: usize = 22;
 
     fn quantize(x: &[f32]) -> Self {
+        let x = block32(x);
         let max = signed_absmax(x);
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };

@@ -454,22 +454,16 @@ pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
 /// `best_index_int8`: index of the nearest entry of the ascending table `val` to `x`; at or
 /// below the first entry → 0, at or above the last → 15, ties go to the upper neighbour.
 /// Distances are f32 differences exactly as in C (NaN lands on the last index, as in C).
+///
+/// C's binary search ends on the bracket `val[mu−1] ≤ x < val[mu]`; here `mu` is counted
+/// without branches (15 − the entries 1…14 above `x`), which is the same bracket, and needs no
+/// edge cases: below `val[0]` the final comparison picks 0, above `val[15]` it picks 15, and NaN,
+/// below no entry, ends at 15 as C's search does.
 #[inline(always)]
 pub(crate) fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
-    if x <= f32::from(val[0]) {
-        return 0;
-    }
-    if x >= f32::from(val[15]) {
-        return 15;
-    }
-    let (mut ml, mut mu) = (0usize, 15usize);
-    while mu - ml > 1 {
-        let mav = (ml + mu) / 2;
-        if x < f32::from(val[mav]) {
-            mu = mav;
-        } else {
-            ml = mav;
-        }
+    let mut mu = 15;
+    for &v in &val[1..15] {
+        mu -= usize::from(x < f32::from(v));
     }
     if x - f32::from(val[mu - 1]) < f32::from(val[mu]) - x {
         mu - 1
@@ -505,6 +499,60 @@ mod tests {
         assert_eq!(nearest_int(-1.5), -2);
         assert_eq!(nearest_int(-2.6), -3);
         assert_eq!(nearest_int(4194303.0), 4194303);
+    }
+
+    /// C's `best_index_int8` as written: early exits, then a binary search.
+    fn best_index_int8_c(val: &[i8; 16], x: f32) -> usize {
+        if x <= f32::from(val[0]) {
+            return 0;
+        }
+        if x >= f32::from(val[15]) {
+            return 15;
+        }
+        let (mut ml, mut mu) = (0usize, 15usize);
+        while mu - ml > 1 {
+            let mav = (ml + mu) / 2;
+            if x < f32::from(val[mav]) {
+                mu = mav;
+            } else {
+                ml = mav;
+            }
+        }
+        if x - f32::from(val[mu - 1]) < f32::from(val[mu]) - x {
+            mu - 1
+        } else {
+            mu
+        }
+    }
+
+    #[test]
+    fn best_index_int8_matches_the_c_binary_search() {
+        let t = &KVALUES_IQ4NL;
+        let check = |x: f32| assert_eq!(best_index_int8(t, x), best_index_int8_c(t, x), "{x}");
+        // every multiple of 1/64 over the table's range and beyond (all midpoints and entries)
+        for i in -140 * 64..=140 * 64 {
+            check(i as f32 / 64.0);
+        }
+        // one in every 4099 bit patterns: every exponent, both signs, infinities' neighbours
+        for bits in (0..=u32::MAX).step_by(4099) {
+            check(f32::from_bits(bits));
+        }
+        for x in [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -0.0,
+            f32::MAX,
+            f32::MIN,
+        ] {
+            check(x);
+        }
+        for (&a, &b) in t.iter().zip(&t[1..]) {
+            let mid = (f32::from(a) + f32::from(b)) / 2.0;
+            for x in [mid, mid.next_up(), mid.next_down(), f32::from(a).next_up()] {
+                check(x);
+            }
+        }
     }
 
     #[test]

@@ -52,3 +52,12 @@ fn bad_sizes_are_errors_not_panics() {
     assert!(quantize::dequantize_rows(GgmlType::IQ4_NL, &dst[..17], &mut [0f32; 32]).is_err());
     quantize::quantize_rows(GgmlType::IQ4_XS, &x, 256, Some(&[1.0; 256]), &mut dst).unwrap();
 }
+
+/// The same byte comparisons through the scalar reference paths (`R1Q_NO_SIMD=1`).
+#[test]
+fn scalar_paths_match_llama_cpp_too() {
+    oracle::rerun_with_scalar_paths(&[
+        "iq4_nl_bytes_and_dequantization_match_llama_cpp",
+        "iq4_xs_bytes_and_dequantization_match_llama_cpp",
+    ]);
+}

@@ -128,3 +128,9 @@ fn parallel_split_matches_row_by_row() {
         }
     }
 }
+
+/// The same byte comparisons through the scalar reference paths (`R1Q_NO_SIMD=1`).
+#[test]
+fn scalar_paths_match_llama_cpp_too() {
+    oracle::rerun_with_scalar_paths(&["bytes_and_dequantization_match_llama_cpp"]);
+}

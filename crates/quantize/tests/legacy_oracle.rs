@@ -79,3 +79,9 @@ fn bad_sizes_are_errors_not_panics() {
         quantize::quantize_rows(ty, &x, 64, Some(&[1.0; 64]), &mut dst).unwrap();
     }
 }
+
+/// The same byte comparisons through the scalar reference paths (`R1Q_NO_SIMD=1`).
+#[test]
+fn scalar_paths_match_llama_cpp_too() {
+    oracle::rerun_with_scalar_paths(&["bytes_and_dequantization_match_llama_cpp"]);
+}

@@ -57,6 +57,34 @@ pub fn oracle_dequantize(ty: GgmlType, blocks: &[u8], n_per_row: usize) -> Optio
     )
 }
 
+/// Runs the named tests of the current test binary again in a child process with
+/// `R1Q_NO_SIMD=1`, so the scalar reference paths meet the oracle too: the SIMD choice is made
+/// once per process, so the SIMD and scalar runs cannot share one. Does nothing inside that child.
+pub fn rerun_with_scalar_paths(tests: &[&str]) {
+    if std::env::var_os("R1Q_NO_SIMD").is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = Command::new(exe)
+        .env("R1Q_NO_SIMD", "1")
+        .args(["--exact", "--nocapture", "--test-threads", "1"])
+        .args(tests)
+        .output()
+        .expect("rerun the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "with R1Q_NO_SIMD=1:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ran = format!("{} passed", tests.len());
+    assert!(
+        stdout.contains(&ran),
+        "expected {ran} with R1Q_NO_SIMD=1:\n{stdout}"
+    );
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The oracle's request header (format documented in `xtask/oracle/quant_oracle.c`).
 fn header(mode: u32, ty: GgmlType, n_per_row: usize, n_rows: usize, imatrix: bool) -> Vec<u8> {
     let mut h = Vec::with_capacity(44);
