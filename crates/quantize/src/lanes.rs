@@ -208,6 +208,34 @@ pub(crate) mod avx2 {
         _mm256_blendv_ps(a, b, mask)
     }
 
+    /// [`crate::legacy::signed_absmax`] of one 32-value block: the magnitudes' maximum by
+    /// `maxps` (which, like C's `amax < |v|`, keeps the running value when `|v|` is NaN), then
+    /// the first element of that magnitude from the equality masks.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn signed_absmax(x: &[f32; 32]) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut a = [_mm256_setzero_ps(); 4];
+        let mut m = _mm256_setzero_ps();
+        for (ak, x8) in a.iter_mut().zip(x.chunks_exact(8)) {
+            *ak = _mm256_andnot_ps(sign, ld(x8.try_into().expect("8 values")));
+            m = _mm256_max_ps(*ak, m);
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps::<1>(h, h)));
+        if amax <= 0.0 {
+            return 0.0;
+        }
+        let am = _mm256_set1_ps(amax);
+        let mut hits = 0u32;
+        for (k, ak) in a.iter().enumerate() {
+            let eq = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*ak, am)) as u32;
+            hits |= eq << (8 * k);
+        }
+        x[hits.trailing_zeros() as usize % 32]
+    }
+
     /// Lays `N`-value groups out lane-major: `t[i][v][k]` = element `i` of group `8v + k`.
     #[inline]
     fn transpose<const N: usize, const V: usize>(x: &[f32]) -> [[[f32; 8]; V]; N] {

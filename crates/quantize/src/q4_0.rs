@@ -46,19 +46,20 @@ impl BlockQ4_0 {
     }
 }
 
-/// The packed `qs` of `quantize_row_q4_0_ref`: `MIN(15, (int8_t)(x·id + 8.5f))` per value,
-/// stored through `uint8_t`, element j in the low nibble of byte j and j + 16 in the high one.
-#[inline]
-fn levels(x: &[f32; QK], id: f32) -> [u8; QK / 2] {
-    #[cfg(target_arch = "x86_64")]
-    if crate::lanes::simd_enabled() {
-        // SAFETY: AVX2 is available (checked at run time just above).
-        return unsafe { avx2::levels(x, id) };
+/// `quantize_row_q4_0_ref` of one block, scalar (the reference of the AVX2 path).
+fn quantize_scalar(x: &[f32; QK]) -> BlockQ4_0 {
+    let max = signed_absmax(x);
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    BlockQ4_0 {
+        d: f32_to_f16_bits(d),
+        qs: levels_scalar(x, id),
     }
-    levels_scalar(x, id)
 }
 
-/// The scalar reference of [`levels`] (C's loop; the conversion as gcc's `cvttss2si`).
+/// The packed `qs` of `quantize_row_q4_0_ref`: `MIN(15, (int8_t)(x·id + 8.5f))` per value,
+/// stored through `uint8_t`, element j in the low nibble of byte j and j + 16 in the high one
+/// (C's loop; the conversion as gcc's `cvttss2si`).
 fn levels_scalar(x: &[f32; QK], id: f32) -> [u8; QK / 2] {
     let mut qs = [0u8; QK / 2];
     for (j, q) in qs.iter_mut().enumerate() {
@@ -76,13 +77,12 @@ impl Block for BlockQ4_0 {
 
     fn quantize(x: &[f32]) -> Self {
         let x = block32(x);
-        let max = signed_absmax(x);
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        BlockQ4_0 {
-            d: f32_to_f16_bits(d),
-            qs: levels(x, id),
+        #[cfg(target_arch = "x86_64")]
+        if crate::lanes::simd_enabled() {
+            // SAFETY: AVX2 is available (checked at run time just above).
+            return unsafe { avx2::quantize(x) };
         }
+        quantize_scalar(x)
     }
 
     fn dequantize(&self, y: &mut [f32]) {
@@ -107,14 +107,27 @@ impl Block for BlockQ4_0 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::QK;
-    use crate::lanes::avx2::ld;
+    use super::{BlockQ4_0, QK};
+    use crate::cast::f32_to_f16_bits;
+    use crate::lanes::avx2::{ld, signed_absmax};
     use std::arch::x86_64::*;
 
-    /// [`super::levels`] 8 values per vector. `cvttps2dq` is the packed form of gcc's
+    /// [`super::quantize_scalar`] with AVX2: the same scale, the levels 8 per vector.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn quantize(x: &[f32; QK]) -> BlockQ4_0 {
+        let d = signed_absmax(x) / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        BlockQ4_0 {
+            d: f32_to_f16_bits(d),
+            qs: levels(x, id),
+        }
+    }
+
+    /// [`super::levels_scalar`] 8 values per vector. `cvttps2dq` is the packed form of gcc's
     /// `cvttss2si` (0x8000_0000 for NaN and out-of-range values), so its low byte, sign-extended,
     /// is C's `(int8_t)`; `MIN(15, ·)` is signed; the saturating packs keep every value of
     /// [−128, 15] and so yield exactly the low bytes.
+    #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn levels(x: &[f32; QK], id: f32) -> [u8; QK / 2] {
         let (idv, half) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
@@ -149,22 +162,29 @@ mod tests {
     use crate::lanes::tests::cases;
 
     #[test]
-    fn simd_levels_match_scalar() {
-        for x in cases(4 * QK) {
+    fn simd_blocks_match_scalar() {
+        let mut rows = cases(4 * QK);
+        rows.push(
+            (0..4 * QK)
+                .map(|i| [1.0, f32::NAN, -1.0, 1e-40][i % 4])
+                .collect(),
+        );
+        rows.push((0..4 * QK).map(|i| [f32::INFINITY, -2.0][i % 2]).collect());
+        rows.push((0..4 * QK).map(|i| (i % 3) as f32 * -1e-42).collect());
+        for x in rows {
             for xb in x.chunks_exact(QK) {
                 let xb: &[f32; QK] = xb.try_into().unwrap();
-                let max = signed_absmax(xb);
-                let natural = if max != 0.0 { -8.0 / max } else { 0.0 };
-                for id in [
-                    natural,
-                    0.0,
-                    f32::INFINITY,
-                    -f32::INFINITY,
-                    f32::NAN,
-                    3e9,
-                    -1e38,
-                ] {
-                    assert_eq!(levels(xb, id), levels_scalar(xb, id), "id {id} of {xb:?}");
+                assert_eq!(BlockQ4_0::quantize(xb), quantize_scalar(xb), "{xb:?}");
+                #[cfg(target_arch = "x86_64")]
+                if crate::lanes::simd_enabled() {
+                    // SAFETY: AVX2 is available (checked just above).
+                    let max = unsafe { crate::lanes::avx2::signed_absmax(xb) };
+                    assert_eq!(max.to_bits(), signed_absmax(xb).to_bits(), "{xb:?}");
+                    for id in [0.0, f32::INFINITY, -f32::INFINITY, f32::NAN, 3e9, -1e38] {
+                        // SAFETY: as above.
+                        let simd = unsafe { avx2::levels(xb, id) };
+                        assert_eq!(simd, levels_scalar(xb, id), "id {id} of {xb:?}");
+                    }
                 }
             }
         }
