@@ -5,15 +5,21 @@
 //! so this root-crate glue implements `verify`'s [`WeightSource`] over convert's
 //! [`HfTensors`] (the F32 conversion plan, read row by row from the safetensors mmap). Every
 //! value is the one `r1q convert --outtype f32` would write, and nothing is written to disk.
+//! Tensors that are a checkpoint tensor unchanged (and each expert of a stacked one) are also
+//! offered as stored bytes (`raw`, `raw_rows`: FP8 with its block scales, BF16, F16, F32), so a
+//! device backend dequantizes them itself instead of receiving host f32.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use ::verify::backend::RawTensor;
 use ::verify::error::{Result as VResult, VerifyError};
 use ::verify::tokenize::Tokenizer;
 use ::verify::{GgufSource, WeightSource};
 use anyhow::{Context, Result};
-use convert::tensors::HfTensors;
+use convert::tensors::{HfTensors, StoredTensor};
+use formats::checkpoint::dtype::Dtype;
+use formats::ggml_type::GgmlType;
 use formats::gguf::GgufValue;
 
 /// An HF checkpoint directory as a [`WeightSource`]: GGUF names, dims and metadata from
@@ -119,8 +125,54 @@ impl WeightSource for HfSource {
             .map_err(|e| self.error(name, e))
     }
 
+    /// A tensor that is one checkpoint tensor unchanged (F32/F16/BF16, or FP8 with its
+    /// `weight_scale_inv`), as stored, so `--device cuda` dequantizes it on the GPU.
+    fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+        let (_, n_rows) = flat_dims(self.tensors.dims(name)?);
+        let s = self.tensors.stored_rows(name, 0..n_rows)?;
+        if s.first_row != 0 || s.rows as u64 != n_rows {
+            return None;
+        }
+        stored_raw(&s)
+    }
+
+    /// Also one expert of a stacked `*_exps` tensor: the rows of that expert's checkpoint
+    /// tensor (FP8 ranges starting on a scale block only, as [`RawTensor::slice_rows`] cuts).
+    fn raw_rows(&self, name: &str, rows: Range<u64>) -> Option<RawTensor<'_>> {
+        let s = self.tensors.stored_rows(name, rows.clone())?;
+        let n = usize::try_from(rows.end - rows.start).ok()?;
+        stored_raw(&s)?.slice_rows(s.cols, s.first_row..s.first_row + n)
+    }
+
     fn description(&self) -> String {
         self.description.clone()
+    }
+}
+
+/// `(ne[0], rows)` of a tensor viewed 2-D (higher dims flattened into rows).
+fn flat_dims(dims: &[u64]) -> (u64, u64) {
+    (
+        dims.first().copied().unwrap_or(1),
+        dims.iter().skip(1).product(),
+    )
+}
+
+/// A stored checkpoint tensor as the engine's [`RawTensor`]: F32/F16/BF16 bytes are the ggml
+/// types of the same names (little-endian, row-major), FP8 the block-scaled form.
+fn stored_raw<'a>(s: &StoredTensor<'a>) -> Option<RawTensor<'a>> {
+    let ggml = |ty| RawTensor::Ggml { ty, data: s.data };
+    match (s.dtype, s.fp8_scales) {
+        (Dtype::F32, None) => Some(ggml(GgmlType::F32)),
+        (Dtype::F16, None) => Some(ggml(GgmlType::F16)),
+        (Dtype::BF16, None) => Some(ggml(GgmlType::BF16)),
+        (Dtype::F8E4M3, Some((scales, block))) => Some(RawTensor::Fp8Block {
+            data: s.data,
+            scales,
+            rows: s.rows,
+            cols: s.cols,
+            block,
+        }),
+        _ => None,
     }
 }
 
@@ -169,8 +221,11 @@ impl WeightSource for Source {
     fn load_row_range_into(&self, name: &str, rows: Range<u64>, out: &mut [f32]) -> VResult<()> {
         self.inner().load_row_range_into(name, rows, out)
     }
-    fn raw(&self, name: &str) -> Option<::verify::backend::RawTensor<'_>> {
+    fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
         self.inner().raw(name)
+    }
+    fn raw_rows(&self, name: &str, rows: Range<u64>) -> Option<RawTensor<'_>> {
+        self.inner().raw_rows(name, rows)
     }
     fn description(&self) -> String {
         self.inner().description()

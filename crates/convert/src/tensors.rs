@@ -11,7 +11,8 @@
 use std::ops::Range;
 use std::path::Path;
 
-use formats::checkpoint::Checkpoint;
+use formats::checkpoint::dtype::Dtype;
+use formats::checkpoint::{expected_scale_shape, scale_name, Checkpoint};
 use formats::ggml_type::GgmlType;
 use formats::gguf::GgufValue;
 
@@ -19,6 +20,25 @@ use crate::arch::PlanOptions;
 use crate::error::{ConvertError, Result};
 use crate::pipeline::source::RowSource;
 use crate::plan::{Plan, PlannedTensor};
+
+/// One checkpoint tensor's bytes as stored, whose rows are rows of a planned tensor unchanged
+/// ([`HfTensors::stored_rows`]): what a device needs to dequantize them itself.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredTensor<'a> {
+    /// The element type of `data` (F32, F16, BF16 or F8_E4M3).
+    pub dtype: Dtype,
+    /// The whole checkpoint tensor, row-major `[rows, cols]`.
+    pub data: &'a [u8],
+    /// For F8_E4M3: the `_scale_inv` tensor's bytes (F32, `[⌈rows/B0⌉, ⌈cols/B1⌉]`) and the
+    /// block `[B0, B1]`.
+    pub fp8_scales: Option<(&'a [u8], [usize; 2])>,
+    /// Rows of the checkpoint tensor.
+    pub rows: usize,
+    /// Its row length (= the planned tensor's `ne[0]`).
+    pub cols: usize,
+    /// The checkpoint row the requested planned rows start at.
+    pub first_row: usize,
+}
 
 /// An opened checkpoint and its F32 conversion plan: the tensors under GGUF names, readable as
 /// f32 rows on demand.
@@ -130,6 +150,63 @@ impl HfTensors {
         src.fill(start, row_len, out)?;
         src.release(start, n);
         Ok(())
+    }
+
+    /// The stored checkpoint tensor behind rows `rows` of tensor `name`, when those rows are
+    /// its rows unchanged: a tensor mapped 1:1, or rows within one expert of a stacked tensor
+    /// (that expert's tensor). `None` for transformed tensors (the `kv_b` split, the rotary
+    /// permutation, planner values), ranges spanning experts or beyond the tensor, dtypes other
+    /// than F32/F16/BF16/F8_E4M3, and FP8 scales that are not F32 of the expected shape.
+    pub fn stored_rows(&self, name: &str, rows: Range<u64>) -> Option<StoredTensor<'_>> {
+        let t = self.planned(name)?;
+        if rows.start > rows.end || rows.end > t.n_rows() {
+            return None;
+        }
+        let (start, n) = (
+            usize::try_from(rows.start).ok()?,
+            usize::try_from(rows.end - rows.start).ok()?,
+        );
+        let (src, first_row, n_rows) = match &t.source {
+            crate::plan::Source::Tensor { name } => (name.clone(), start, t.n_rows()),
+            crate::plan::Source::Stack { .. } if n > 0 => {
+                let (one, first) = one_expert(t, start, n)?;
+                let per = one.n_rows();
+                let crate::plan::Source::Tensor { name } = one.source else {
+                    return None;
+                };
+                (name, first, per)
+            }
+            _ => return None,
+        };
+        let view = self.ckpt.tensor(&src).ok()?;
+        let (r, c) = match view.shape {
+            &[r, c] => (r, c),
+            _ => return None,
+        };
+        if r as u64 != n_rows || c as u64 != t.row_len() {
+            return None;
+        }
+        let fp8_scales = match view.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => None,
+            Dtype::F8E4M3 => {
+                let block = self.ckpt.fp8_block();
+                let scale = self.ckpt.tensor(&scale_name(&src)).ok()?;
+                let shape = expected_scale_shape(view.shape, block)?;
+                if scale.dtype != Dtype::F32 || scale.shape != shape {
+                    return None;
+                }
+                Some((scale.data, block))
+            }
+            _ => return None,
+        };
+        Some(StoredTensor {
+            dtype: view.dtype,
+            data: view.data,
+            fp8_scales,
+            rows: r,
+            cols: c,
+            first_row,
+        })
     }
 
     fn planned(&self, name: &str) -> Option<&PlannedTensor> {

@@ -15,9 +15,12 @@
 //!   imatrix observer needs) and y come down. The expert's device buffers are freed when it
 //!   is done. Experts run one at a time (`experts_at_once` = 1: the device serialises behind
 //!   one lock and one stream anyway, and one R1 expert's GEMMs fill it); the CPU backend's
-//!   parallel waves of experts are for the CPU only. A weight with no raw bytes (an HF source,
-//!   an FP8 range not on a scale block) or no kernel for its type is dequantized by the source
-//!   on the host and uploaded as f32 — slower, same numbers.
+//!   parallel waves of experts are for the CPU only. A weight with no raw bytes (an HF tensor
+//!   the conversion transforms, such as the `kv_b` split or the rotary permutation; an FP8
+//!   range not starting on a scale block) or no kernel for its type is dequantized by the
+//!   source on the host and uploaded as f32 — slower, same numbers. HF checkpoints offer their
+//!   FP8 (with block scales) and BF16 tensors as stored, each expert of a stacked `*_exps`
+//!   tensor included, so an R1 directory's experts also go up as FP8.
 //! * CPU: RMSNorm, rope, attention (`ops::attention`), the dense and shared-expert SwiGLU,
 //!   routing (gathering each expert's tokens, the weighted scatter-add of its output), the
 //!   residual adds. Activations therefore cross PCIe once per matmul (x up, y down): the blocks
