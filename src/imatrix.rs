@@ -285,6 +285,9 @@ pub fn run(args: &Args) -> Result<()> {
     for line in coverage_lines(im, args.output_format) {
         note(line);
     }
+    if let Some(line) = engine.backend().memory_report() {
+        note(format!("imatrix: {line}"));
+    }
     Ok(())
 }
 

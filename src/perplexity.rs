@@ -183,5 +183,8 @@ pub fn run(args: &Args) -> Result<()> {
         Some(_) => eprintln!("perplexity: fewer than 100 tokens scored; no statistics"),
         None => println!("{}", ppl::final_text(&outcome.ppl)),
     }
+    if let Some(line) = engine.backend().memory_report() {
+        eprintln!("perplexity: {line}");
+    }
     Ok(())
 }

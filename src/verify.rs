@@ -195,6 +195,9 @@ pub fn measure_on(
         });
     }
     bar.finish_and_clear();
+    if let Some(line) = backend.memory_report() {
+        eprintln!("verify: {line}");
+    }
     Ok(Table {
         n_ctx: plan.n_ctx,
         n_chunk: plan.n_chunk,

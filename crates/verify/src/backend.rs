@@ -298,6 +298,14 @@ pub trait Backend: Send + Sync {
     /// One line for logs: `cpu`, `cuda:0 (NVIDIA H200, 139 GiB)`.
     fn describe(&self) -> String;
 
+    /// One line for the end of a run: the most device memory the run had in use, for devices
+    /// whose memory is the limit (a GPU); `None` for the CPU. This is the evidence that a model
+    /// larger than the device runs one layer at a time: the peak is about one layer's weights
+    /// plus the activations, whatever the model's size.
+    fn memory_report(&self) -> Option<String> {
+        None
+    }
+
     /// `y = x · wᵀ` ([`ops::matmul`]); `name` is the weight's GGUF name (the backend may hold
     /// a device copy of it from [`Backend::dequantize`]).
     fn matmul(&self, name: &str, x: &Mat, w: &Mat) -> Mat;

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::sys::cublasOperation_t;
@@ -60,6 +61,11 @@ pub struct CudaBackend {
     functions: HashMap<&'static str, CudaFunction>,
     weight_budget: usize,
     state: Mutex<State>,
+    /// Device memory in use (all processes, `total − free`) when the backend opened.
+    start_used: usize,
+    /// The most seen since, sampled after each expert and at each layer's end (before its
+    /// weights are freed) — the points where this process holds the most.
+    peak_used: AtomicUsize,
 }
 
 impl CudaBackend {
@@ -154,7 +160,18 @@ impl CudaBackend {
                 resident_bytes: 0,
                 error: None,
             }),
+            start_used: total.saturating_sub(free),
+            peak_used: AtomicUsize::new(total.saturating_sub(free)),
         })
+    }
+
+    /// Samples the device's memory in use into `peak_used` (best effort: a failed query is
+    /// skipped, the report only gets less precise).
+    fn note_memory(&self) {
+        if let Ok((free, total)) = self.ctx.mem_get_info() {
+            self.peak_used
+                .fetch_max(total.saturating_sub(free), Ordering::Relaxed);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -399,6 +416,7 @@ impl CudaBackend {
         }
         drop(u);
         self.gemm_device((&g, n, n_ff), (&w[2], n_embd), &mut y)?;
+        self.note_memory();
         self.stream
             .memcpy_dtoh(&g, &mut out.g.data)
             .map_err(|e| e.to_string())?;
@@ -555,7 +573,20 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn memory_report(&self) -> Option<String> {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let peak = self.peak_used.load(Ordering::Relaxed);
+        Some(format!(
+            "cuda:{}: peak device memory in use {:.2} GiB ({:.2} GiB at start, so {:.2} GiB for this run)",
+            self.ordinal,
+            gib(peak),
+            gib(self.start_used),
+            gib(peak.saturating_sub(self.start_used))
+        ))
+    }
+
     fn end_layer(&self) -> Result<(), DeviceError> {
+        self.note_memory();
         let mut state = self.lock();
         state.resident.clear();
         state.resident_bytes = 0;
