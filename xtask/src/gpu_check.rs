@@ -134,14 +134,13 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     step("kernels on the device vs the CPU reference (verify's tests -- --ignored gpu_)");
-    let kernels = match &args.prebuilt {
-        Some(b) => run_binary(
-            &b.join(gpu_bundle::KERNEL_TESTS),
-            &["--ignored", "--nocapture", "--test-threads", "1", "gpu_"],
-        ),
-        None => cargo(
-            &root,
-            &[
+    // The tests skip (and pass) without a GPU; here a skip is a failure.
+    let tests_args = ["--ignored", "--nocapture", "--test-threads", "1", "gpu_"];
+    let mut kernels = match &args.prebuilt {
+        Some(b) => Command::new(b.join(gpu_bundle::KERNEL_TESTS)),
+        None => {
+            let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            c.current_dir(&root).args([
                 "test",
                 "--release",
                 "-p",
@@ -150,13 +149,11 @@ pub fn run(args: Args) -> Result<()> {
                 "cuda",
                 "--lib",
                 "--",
-                "--ignored",
-                "--nocapture",
-                "gpu_",
-            ],
-        ),
+            ]);
+            c
+        }
     };
-    if let Err(e) = kernels {
+    if let Err(e) = run_gpu_tests(kernels.args(tests_args)) {
         failures.push(format!("device kernel test: {e:#}"));
     }
 
@@ -412,14 +409,23 @@ fn step(what: &str) {
     println!("\n-- {what}");
 }
 
-/// Runs a prebuilt binary with its output shown, failing on a non-zero exit.
-fn run_binary(bin: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new(bin)
-        .args(args)
-        .status()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !status.success() {
-        bail!("{} {} failed ({status})", bin.display(), args.join(" "));
+/// Runs the `gpu_` tests, showing their output; fails on a non-zero exit or on any test that
+/// skipped for want of a GPU.
+fn run_gpu_tests(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    print!("{stdout}{stderr}");
+    if !out.status.success() {
+        bail!("the gpu_ tests failed ({})", out.status);
+    }
+    let skipped = format!("{stdout}{stderr}").matches("SKIP gpu test").count();
+    if skipped > 0 {
+        bail!("{skipped} gpu_ test(s) skipped: the CUDA backend did not open");
     }
     Ok(())
 }
