@@ -3,20 +3,21 @@
 //! experts).
 //!
 //! Why a seam and not a second engine: the blocks (`arch/`) are written once, on host [`Mat`]s;
-//! a [`Backend`] is consulted at the three places where the work is — [`crate::LayerCtx::matmul`]
-//! (every projection), the weight loads of a layer (through [`BackendSource`], which hands the
-//! raw bytes of a tensor to [`Backend::dequantize`]), and each routed expert of an MoE layer
+//! a [`Backend`] is consulted at the four places where the work is — [`crate::LayerCtx::matmul`]
+//! (every projection), [`crate::LayerCtx::attention`] (the causal attention of every block,
+//! [`Backend::attention`]), the weight loads of a layer (through [`BackendSource`], which hands
+//! the raw bytes of a tensor to [`Backend::dequantize`]), and each routed expert of an MoE layer
 //! ([`Backend::expert_ffn`]: the block gathers the expert's tokens, the backend reads the
 //! expert's weights from the source and returns its SwiGLU activations and output). The CPU
-//! backend calls exactly the existing ops ([`expert_ffn_cpu`] is the former in-block expert
-//! code, with its reused buffers and parallel waves of experts), so `--device cpu` gives the
-//! same numbers at the same speed as before.
+//! backend calls exactly the existing ops ([`ops::attention`]; [`expert_ffn_cpu`] is the former
+//! in-block expert code, with its reused buffers and parallel waves of experts), so
+//! `--device cpu` gives the same numbers at the same speed as before.
 //!
 //! The CUDA backend (feature `cuda`, [`crate::cuda`]) dequantizes on the GPU from the raw bytes,
 //! keeps the layer's f32 weights resident there until [`Backend::end_layer`], runs every
-//! [`Backend::matmul`] on cuBLAS, and runs each routed expert whole on the GPU from its raw rows
-//! ([`WeightSource::raw_rows`]), one expert at a time. What stays on the CPU is listed in the
-//! `cuda` module docs.
+//! [`Backend::matmul`] on cuBLAS, the attention as cuBLAS GEMMs around a causal-softmax kernel,
+//! and each routed expert whole on the GPU from its raw rows ([`WeightSource::raw_rows`]), one
+//! expert at a time. What stays on the CPU is listed in the `cuda` module docs.
 
 use std::fmt;
 use std::ops::Range;
@@ -27,9 +28,9 @@ use formats::ggml_type::GgmlType;
 use formats::gguf::GgufValue;
 
 use crate::error::{Result, VerifyError};
-use crate::ops::{self, gemm_into, MatRef, Rhs};
+use crate::ops::{self, gemm_into, AttnShape, MatRef, Rhs};
 use crate::source::WeightSource;
-use crate::tensor::Mat;
+use crate::tensor::{Mat, SeqSpan};
 
 /// Where a forward pass runs. Parsed from `--device` (`cpu`, `cuda`, `cuda:N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -285,8 +286,9 @@ pub fn expert_ffn_cpu(job: &ExpertJob<'_>, out: &mut ExpertOut) -> Result<()> {
 /// The heavy ops of one layer, on some device.
 ///
 /// Contract: every method gives the numbers of the CPU reference ([`ops::matmul`],
-/// `quantize::dequantize_rows`, the FP8 block decoder, [`expert_ffn_cpu`]) up to f32 rounding
-/// order. Methods are infallible where the blocks call them (`matmul` returns a [`Mat`]); a
+/// [`ops::attention`], `quantize::dequantize_rows`, the FP8 block decoder, [`expert_ffn_cpu`])
+/// up to f32 rounding order. Methods are infallible where the blocks call them (`matmul` and
+/// `attention` return a [`Mat`]); a
 /// device error there is recorded, the CPU result is used, and [`Backend::end_layer`] reports
 /// the error, so a failing GPU stops the run with a clear message instead of a panic or
 /// silently wrong numbers. [`Backend::expert_ffn`] can fail anyway (its source may), so it
@@ -309,6 +311,17 @@ pub trait Backend: Send + Sync {
     /// `y = x · wᵀ` ([`ops::matmul`]); `name` is the weight's GGUF name (the backend may hold
     /// a device copy of it from [`Backend::dequantize`]).
     fn matmul(&self, name: &str, x: &Mat, w: &Mat) -> Mat;
+
+    /// Causal attention over each span ([`ops::attention`], the default): `q` `[T, n_head·dk]`,
+    /// `k` `[T, n_head_kv·dk]`, `v` `[T, n_head_kv·dv]` → `[T, n_head·dv]`, rows outside every
+    /// span zero. Called through [`crate::LayerCtx::attention`] by every block (MLA's absorbed
+    /// MQA, the dense blocks' GQA). Infallible like [`Backend::matmul`], with the same
+    /// contract: a device error is recorded, the CPU result is returned, and
+    /// [`Backend::end_layer`] reports the error. Shape mismatches are internal invariants and
+    /// panic, as in [`ops::attention`].
+    fn attention(&self, q: &Mat, k: &Mat, v: &Mat, seqs: &[SeqSpan], shape: &AttnShape) -> Mat {
+        ops::attention(q, k, v, seqs, shape)
+    }
 
     /// Whether [`Backend::dequantize`] should be offered the raw bytes of each layer weight.
     /// False for the CPU, whose sources already dequantize in place.

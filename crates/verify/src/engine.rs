@@ -146,6 +146,20 @@ impl<'a> LayerCtx<'a> {
         self.product(weight_name, x, w)
     }
 
+    /// Causal attention over each span on the context's backend ([`Backend::attention`];
+    /// [`ops::attention`] on the CPU). Nothing is reported to the observer: attention has no
+    /// weight.
+    pub fn attention(
+        &self,
+        q: &Mat,
+        k: &Mat,
+        v: &Mat,
+        seqs: &[SeqSpan],
+        shape: &ops::AttnShape,
+    ) -> Mat {
+        self.backend().attention(q, k, v, seqs, shape)
+    }
+
     /// Reports `x` as the input of expert `expert` of the 3-D MoE tensor `weight_name` without
     /// multiplying: blocks that stream experts from the source multiply through slices of their
     /// own buffers, not a [`Mat`] per expert, but the observer must still see each expert's

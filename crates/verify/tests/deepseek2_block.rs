@@ -13,6 +13,10 @@ use verify::arch::deepseek2::Deepseek2Block;
 use verify::error::{Result, VerifyError};
 use verify::{Block, LayerCtx, LayerObserver, Mat, ModelConfig, SeqSpan, WeightSource};
 
+#[path = "support/record_attention.rs"]
+mod record_attention;
+use record_attention::RecordAttention;
+
 // Small dims with every role distinct.
 const E: usize = 32; // n_embd
 const H: usize = 3; // heads
@@ -686,5 +690,39 @@ fn experts_run_on_the_backend_and_waves_do_not_change_the_output() {
             let full = format!("blk.1.ffn_{name}_exps.weight");
             assert!(seen.contains(&(full, *e, *n)), "{name} of expert {e}");
         }
+    }
+}
+
+/// MLA's absorbed attention runs through the context's backend as one MQA call (all H query
+/// heads over the shared (kv_lora + rope)-wide key and kv_lora-wide value), and the output is
+/// bit for bit the one without a backend.
+#[test]
+fn mla_attention_runs_on_the_backend_as_mqa() {
+    let src = model(5);
+    let config = ModelConfig::from_metadata(&src).unwrap();
+    let t: usize = SPANS.iter().map(|s| s.len).sum();
+    let x0 = Mat::from_vec(t, E, Rng(11).vec(t * E, 1.0));
+    for layer in 0..2 {
+        let block = Deepseek2Block::load_layer(&src, &config, layer).unwrap();
+        let mut cpu = x0.clone();
+        block
+            .forward(&mut cpu, &SPANS, &mut LayerCtx::new(layer, &config, None))
+            .unwrap();
+        let backend = RecordAttention::default();
+        let mut ctx = LayerCtx::new(layer, &config, None).with_backend(&backend);
+        let mut got = x0.clone();
+        block.forward(&mut got, &SPANS, &mut ctx).unwrap();
+        assert_eq!(
+            got, cpu,
+            "layer {layer}: attention on the backend changed it"
+        );
+        let shapes = backend.shapes.lock().unwrap();
+        assert_eq!(shapes.len(), 1, "layer {layer}");
+        let (s, rows) = shapes[0];
+        assert_eq!(rows, t);
+        assert_eq!(
+            (s.n_head, s.n_head_kv, s.head_dim_k, s.head_dim_v),
+            (H, 1, R + ROPE, R)
+        );
     }
 }

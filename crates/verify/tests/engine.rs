@@ -9,6 +9,10 @@ use formats::gguf::{GgufArray, GgufValue};
 use verify::engine::Progress;
 use verify::{Engine, EvalOptions, LayerObserver, LogitPositions, Mat, VerifyError, WeightSource};
 
+#[path = "support/record_attention.rs"]
+mod record_attention;
+use record_attention::RecordAttention;
+
 /// A model held in memory: GGUF metadata and f32 tensors under GGUF names.
 struct MemSource {
     meta: Vec<(String, GgufValue)>,
@@ -378,4 +382,38 @@ fn causal_prefix_logits_do_not_depend_on_later_tokens() {
         assert_eq!(got[&(0, p)], got[&(1, p)], "position {p}");
     }
     assert_ne!(got[&(0, 5)], got[&(1, 5)]);
+}
+
+/// The dense blocks (llama, qwen2) run their GQA attention through the engine's backend, once
+/// per layer with the model's head layout, and routing it there changes no logit bit.
+#[test]
+fn dense_attention_runs_on_the_backend() {
+    for (arch, tied) in [("qwen2", false), ("llama", true)] {
+        let src = model(arch, tied);
+        let want = run(&src, &EvalOptions::default());
+        let backend = std::sync::Arc::new(RecordAttention::default());
+        let engine = Engine::new(&src).unwrap().with_backend(backend.clone());
+        let mut got = HashMap::new();
+        engine
+            .evaluate(&seqs(), &EvalOptions::default(), &mut |s, p, l| {
+                got.insert((s, p), l.to_vec());
+            })
+            .unwrap();
+        assert_eq!(
+            got, want,
+            "{arch}: attention on the backend changed the logits"
+        );
+        let shapes = backend.shapes.lock().unwrap();
+        assert_eq!(shapes.len(), LAYERS, "{arch}: {shapes:?}");
+        let tokens: usize = seqs().iter().map(Vec::len).sum();
+        for (s, rows) in shapes.iter() {
+            assert_eq!(*rows, tokens);
+            let hd = (EMBD / HEADS) as usize;
+            assert_eq!(
+                (s.n_head, s.n_head_kv, s.head_dim_k, s.head_dim_v),
+                (HEADS as usize, KV as usize, hd, hd)
+            );
+            assert_eq!(s.scale, 1.0 / (hd as f32).sqrt());
+        }
+    }
 }

@@ -121,7 +121,7 @@ impl Block<'_> for DenseBlock {
         let a = &self.attn;
         ops::rope(&mut q, seqs, a.n_head, a.head_dim_k, 0, &self.rope);
         ops::rope(&mut k, seqs, a.n_head_kv, a.head_dim_k, 0, &self.rope);
-        let att = ops::attention(&q, &k, &v, seqs, a);
+        let att = ctx.attention(&q, &k, &v, seqs, a);
         drop((q, k, v));
         let o = self.o.apply(ctx, &att);
         drop(att);

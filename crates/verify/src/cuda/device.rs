@@ -11,17 +11,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
-use super::kernels::{self, kernel_for, launch_dims, FP8_KERNEL, KERNELS, SWIGLU_KERNEL};
-use super::{gemm_params, Op};
+use super::kernels::{
+    self, kernel_for, launch_dims, CAUSAL_SOFTMAX_KERNEL, FP8_KERNEL, KERNELS, SWIGLU_KERNEL,
+};
+use super::{attention_plan, gemm_params, BatchedGemm, GemmParams, Op, SoftmaxRows};
 use crate::backend::{check_fp8, Backend, Device, DeviceError, ExpertJob, ExpertOut, RawTensor};
-use crate::ops;
-use crate::tensor::Mat;
+use crate::ops::{self, AttnShape};
+use crate::tensor::{Mat, SeqSpan};
 
 /// Fraction of the free device memory (measured at start) that resident weights may use; the
 /// rest is left for the activations and cuBLAS's workspace.
@@ -128,11 +130,11 @@ impl CudaBackend {
             .load_module(ptx)
             .map_err(|e| init(format!("loading the kernels: {e}")))?;
         let mut functions = HashMap::new();
-        for name in KERNELS
-            .iter()
-            .map(|k| k.kernel)
-            .chain([FP8_KERNEL, SWIGLU_KERNEL])
-        {
+        for name in KERNELS.iter().map(|k| k.kernel).chain([
+            FP8_KERNEL,
+            SWIGLU_KERNEL,
+            CAUSAL_SOFTMAX_KERNEL,
+        ]) {
             let f = module
                 .load_function(name)
                 .map_err(|e| init(format!("kernel {name}: {e}")))?;
@@ -336,26 +338,119 @@ impl CudaBackend {
                 y.len()
             ));
         }
-        let op = |o: Op| match o {
-            Op::N => cublasOperation_t::CUBLAS_OP_N,
-            Op::T => cublasOperation_t::CUBLAS_OP_T,
-        };
-        let cfg = GemmConfig {
-            transa: op(p.transa),
-            transb: op(p.transb),
-            m: p.m,
-            n: p.n,
-            k: p.k,
-            alpha: 1.0f32,
-            lda: p.lda,
-            ldb: p.ldb,
-            beta: 0.0f32,
-            ldc: p.ldc,
-        };
         // SAFETY: gemm_params maps the row-major shapes to column-major ones that address
         // exactly w's out·in, x's T·in and y's T·out floats (tested in cuda/tests.rs against
         // an emulation of SGEMM); the three buffers hold at least that many (checked above).
-        unsafe { self.blas.gemm(cfg, w, x, y) }.map_err(|e| e.to_string())
+        unsafe { self.blas.gemm(gemm_config(&p), w, x, y) }.map_err(|e| e.to_string())
+    }
+
+    /// One strided-batched SGEMM of an attention plan on device buffers (row-major lhs, rhs,
+    /// out as [`BatchedGemm`] names them).
+    fn gemm_batched(
+        &self,
+        g: &BatchedGemm,
+        lhs: &CudaSlice<f32>,
+        rhs: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), String> {
+        let [el, er, eo] = g.extents();
+        if el > lhs.len() || er > rhs.len() || eo > out.len() {
+            return Err(format!(
+                "device buffers of {}, {} and {} floats cannot hold {g:?}",
+                lhs.len(),
+                rhs.len(),
+                out.len()
+            ));
+        }
+        let stride = |s: usize| i64::try_from(s).map_err(|_| format!("stride {s} exceeds i64"));
+        let cfg = StridedBatchedConfig {
+            gemm: gemm_config(&g.params),
+            batch_size: g.batch as i32,
+            stride_a: stride(g.rhs.stride)?,
+            stride_b: stride(g.lhs.stride)?,
+            stride_c: stride(g.out.stride)?,
+        };
+        let a = rhs.slice(g.rhs.offset..);
+        let b = lhs.slice(g.lhs.offset..);
+        let mut c = out.slice_mut(g.out.offset..);
+        // SAFETY: cuBLAS reads rhs as A, lhs as B and writes out as C at the plan's offsets,
+        // leading dimensions and batch strides; `extents` is the last float each touches
+        // (row_major_batched checked ld ≥ row length, and the mapping is tested against an
+        // emulation of SGEMM in cuda/tests.rs), and every buffer holds that many (checked
+        // above). The batch count fits i32 (row_major_batched).
+        unsafe { self.blas.gemm_strided_batched(cfg, &a, &b, &mut c) }.map_err(|e| e.to_string())
+    }
+
+    /// The causal softmax kernel over the first `m.rows · m.n` floats of `scores`.
+    fn softmax_device(
+        &self,
+        m: &SoftmaxRows,
+        scale: f32,
+        scores: &mut CudaSlice<f32>,
+    ) -> Result<(), String> {
+        if m.rows * m.n > scores.len() || m.group == 0 {
+            return Err(format!(
+                "score buffer of {} floats cannot hold {m:?}",
+                scores.len()
+            ));
+        }
+        let Some(cfg) = launch_config(m.rows as u64) else {
+            return Ok(());
+        };
+        let f = self.function(CAUSAL_SOFTMAX_KERNEL)?;
+        let (rows, n, group, first) = (m.rows as u64, m.n as u64, m.group as u64, m.first as u64);
+        let mut args = self.stream.launch_builder(f);
+        args.arg(scores)
+            .arg(&rows)
+            .arg(&n)
+            .arg(&group)
+            .arg(&first)
+            .arg(&scale);
+        // SAFETY: the kernel touches floats r·n .. (r+1)·n for r < rows, all within `scores`
+        // (checked above), and divides by group ≠ 0; argument types match the kernel
+        // signature (float*, u64, u64, u64, u64, float).
+        unsafe { args.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Causal attention on the device ([`super::attention_plan`]): q, k and v uploaded once,
+    /// per span, block of queries and K/V group a (batched) SGEMM for the scores, the causal
+    /// softmax kernel, a (batched) SGEMM for P·V into the resident output; the output comes
+    /// down once. The score buffer holds at most `max_scores` floats (unless a single query
+    /// of one group needs more).
+    pub(super) fn attention_device(
+        &self,
+        (q, k, v): (&Mat, &Mat, &Mat),
+        seqs: &[SeqSpan],
+        s: &AttnShape,
+        max_scores: usize,
+    ) -> Result<Mat, String> {
+        let (steps, scores_len) = attention_plan(q.rows, seqs, s, max_scores)?;
+        let mut y = Mat::zeros(q.rows, s.n_head * s.head_dim_v);
+        if steps.is_empty() {
+            return Ok(y);
+        }
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let up = |m: &Mat| self.stream.clone_htod(&m.data).map_err(|e| e.to_string());
+        let (qd, kd, vd) = (up(q)?, up(k)?, up(v)?);
+        let alloc = |len: usize| {
+            self.stream
+                .alloc_zeros::<f32>(len)
+                .map_err(|e| e.to_string())
+        };
+        let (mut scores, mut yd) = (alloc(scores_len)?, alloc(y.data.len())?);
+        for st in &steps {
+            self.gemm_batched(&st.scores, &qd, &kd, &mut scores)?;
+            self.softmax_device(&st.softmax, s.scale, &mut scores)?;
+            self.gemm_batched(&st.pv, &scores, &vd, &mut yd)?;
+        }
+        self.note_memory();
+        self.stream
+            .memcpy_dtoh(&yd, &mut y.data)
+            .map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())?;
+        Ok(y)
     }
 
     /// One routed expert on the device: each weight's raw rows (or, where `raws[i]` is `None`,
@@ -484,6 +579,29 @@ impl Backend for CudaBackend {
         ops::matmul(x, w)
     }
 
+    fn attention(&self, q: &Mat, k: &Mat, v: &Mat, seqs: &[SeqSpan], shape: &AttnShape) -> Mat {
+        shape.check(q, k, v);
+        let mut state = self.lock();
+        if state.error.is_none() {
+            let max_scores = super::ATTN_SCORES_BYTES / 4;
+            match self.attention_device((q, k, v), seqs, shape, max_scores) {
+                Ok(y) => return y,
+                Err(problem) => {
+                    state.error = Some(DeviceError::Runtime {
+                        during: format!(
+                            "attention of {} tokens ({} heads on {} K/V heads)",
+                            q.rows, shape.n_head, shape.n_head_kv
+                        ),
+                        problem,
+                    });
+                }
+            }
+        }
+        drop(state);
+        // As in `matmul`: reported at the end of the layer, the CPU result keeps the numbers.
+        ops::attention(q, k, v, seqs, shape)
+    }
+
     fn dequantizes(&self) -> bool {
         true
     }
@@ -602,6 +720,26 @@ fn raw_supported(raw: RawTensor<'_>) -> bool {
     match raw {
         RawTensor::Ggml { ty, .. } => kernel_for(ty).is_some(),
         RawTensor::Fp8Block { .. } => true,
+    }
+}
+
+/// cudarc's configuration of the column-major SGEMM `p` (α = 1, β = 0).
+fn gemm_config(p: &GemmParams) -> GemmConfig<f32> {
+    let op = |o: Op| match o {
+        Op::N => cublasOperation_t::CUBLAS_OP_N,
+        Op::T => cublasOperation_t::CUBLAS_OP_T,
+    };
+    GemmConfig {
+        transa: op(p.transa),
+        transb: op(p.transb),
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        alpha: 1.0f32,
+        lda: p.lda,
+        ldb: p.ldb,
+        beta: 0.0f32,
+        ldc: p.ldc,
     }
 }
 

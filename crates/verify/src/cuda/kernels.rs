@@ -1,17 +1,18 @@
 //! The GPU kernels: CUDA C compiled at run time by NVRTC (no nvcc at build time). One
 //! dequantization kernel (`extern "C" __global__`) per stored type, each a grid-stride loop
 //! writing one f32 per element from the raw bytes (REFERENCE §2.3 for the ggml blocks, §4.1 for
-//! FP8), and the SwiGLU of the routed experts ([`SWIGLU_KERNEL`]).
+//! FP8), the SwiGLU of the routed experts ([`SWIGLU_KERNEL`]) and the causal softmax of the
+//! attention scores ([`CAUSAL_SOFTMAX_KERNEL`]).
 //!
 //! Why the per-element functions are separate `__device__` functions with no CUDA built-ins:
 //! the same source compiles as plain C on the host (`R1Q_HOST_TWIN`), so the tests run the
 //! kernels' exact arithmetic on the CPU against `quantize::dequantize_rows` and the FP8 table
 //! (`cuda/tests.rs`) — the kernels are checked bit for bit without a GPU. The kernels are
 //! compiled with `--fmad=false` so the device rounds like the reference (no contracted
-//! multiply-adds). One exception to "bit for bit on the device": SwiGLU's `expf` is the host
-//! libm's in the twin (the same function Rust's `f32::exp` calls, so the twin is bit-identical)
-//! but CUDA's own on the GPU, documented to within 2 ulp — so the device's g may differ from
-//! the CPU's in the last bits.
+//! multiply-adds). One exception to "bit for bit on the device": the `expf` of SwiGLU and of the
+//! softmax is the host libm's in the twin (the same function Rust's `f32::exp` calls, so the
+//! twin is bit-identical) but CUDA's own on the GPU, documented to within 2 ulp — so the
+//! device's g and attention probabilities may differ from the CPU's in the last bits.
 
 use formats::ggml_type::GgmlType;
 
@@ -150,6 +151,18 @@ pub const FP8_KERNEL: &str = "r1q_dequant_fp8_block";
 /// The SwiGLU kernel of the routed experts: `g[i] = silu(g[i]) · u[i]` in place, silu(x) =
 /// x / (1 + e⁻ˣ), the formula of `ops::swiglu`.
 pub const SWIGLU_KERNEL: &str = "r1q_swiglu";
+
+/// The causal softmax of the attention scores, one thread per score row, in place: row r of a
+/// compact `[rows, n]` block keeps columns `0 ..= first + r / group`, scaled, max-subtracted,
+/// exponentiated, normalised by the f64 sum of its values in column order (`1/sum` rounded to
+/// f32, then multiplied), and the masked tail becomes 0 — `ops::attention`'s
+/// `causal_softmax` step for step.
+///
+/// Why one thread per row rather than a parallel reduction: the sum's order is then the CPU's,
+/// so the twin (host C) is bit-identical to the Rust code and the GPU differs only through its
+/// `expf`; the softmax touches each score once per pass, which is small next to the
+/// `dk`-deep GEMMs on either side (dk = 576 for R1).
+pub const CAUSAL_SOFTMAX_KERNEL: &str = "r1q_causal_softmax";
 
 /// Threads per block of every dequantization launch.
 pub const THREADS: u32 = 256;
@@ -341,6 +354,31 @@ R1Q_FN float fp8_block_value(u32 byte, const float *scales, u64 r, u64 c, u64 sc
    the same order: the quotient first, then the product). */
 R1Q_FN float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
+/* Causal softmax of score row r (n floats) of a block whose row r is query position
+   first + r / group of its span: columns 0 ..= that position are scaled, max-subtracted,
+   exponentiated and normalised by the f64 sum (column order), the rest set to 0. Same
+   steps as ops::attention's causal_softmax / softmax_scaled. */
+R1Q_FN void causal_softmax_row(float *row, u64 r, u64 n, u64 group, u64 first, float scale) {
+    u64 valid = first + r / group + 1, j;
+    float max = r1q_bits_to_f32(0xff800000u); /* -inf */
+    double sum = 0.0;
+    float inv;
+    if (valid > n) valid = n;
+    for (j = 0; j < valid; j++) {
+        float x = row[j] * scale;
+        row[j] = x;
+        max = fmaxf(max, x);
+    }
+    for (j = 0; j < valid; j++) {
+        float e = expf(row[j] - max);
+        row[j] = e;
+        sum += (double)e;
+    }
+    inv = (float)(1.0 / sum);
+    for (j = 0; j < valid; j++) row[j] *= inv;
+    for (j = valid; j < n; j++) row[j] = 0.0f;
+}
+
 #ifndef R1Q_HOST_TWIN
 #define R1Q_DEQUANT(NAME, QK, BYTES)                                                        \
 extern "C" __global__ void r1q_dequant_##NAME(const u8 *src, float *dst, u64 n) {           \
@@ -380,6 +418,14 @@ extern "C" __global__ void r1q_swiglu(float *g, const float *u, u64 n) {
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         g[i] = swiglu_value(g[i], u[i]);
+}
+
+/* The causal softmax of a compact [rows, n] score block, one thread per row. */
+extern "C" __global__ void r1q_causal_softmax(float *s, u64 rows, u64 n, u64 group, u64 first,
+                                              float scale) {
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 r = (u64)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride)
+        causal_softmax_row(s + r * n, r, n, group, first, scale);
 }
 #endif
 "#;

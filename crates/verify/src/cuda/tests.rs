@@ -9,11 +9,14 @@ use std::process::Command;
 use formats::ggml_type::GgmlType;
 
 use super::kernels::{launch_dims, KERNELS, MAX_GRID, SOURCE, THREADS};
-use super::{gemm_params, GemmParams, Op};
+use super::{
+    attention_plan, attn_query_block, gemm_params, row_major_batched, BatchedGemm, GemmParams, Op,
+    Operand, ATTN_SCORES_BYTES,
+};
 use crate::backend::dequantize_cpu;
 use crate::backend::tests::{fp8_bytes, fp8_raw, values, FP8_SHAPE};
-use crate::ops;
-use crate::tensor::Mat;
+use crate::ops::{self, AttnShape};
+use crate::tensor::{Mat, SeqSpan};
 
 /// Column-major SGEMM as the BLAS reference defines it (α = 1, β = 0), in f64.
 fn sgemm_emulated(p: &GemmParams, a: &[f32], b: &[f32], c: &mut [f32]) {
@@ -64,6 +67,153 @@ fn gemm_mapping_refuses_dimensions_beyond_i32() {
     assert!(gemm_params(i32::MAX as usize, 1, 1).is_ok());
 }
 
+/// The largest `|got − want| / (1 + |want|)`: f32 reassociation error, relative where values
+/// are large and absolute near zero.
+fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "lengths");
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+        .fold(0f32, f32::max)
+}
+
+/// An attention case over `t` tokens: H query heads on G K/V heads, scale 1/√dk, and
+/// pseudo-random q, k, v (seeded from `seed`).
+fn attn_case(
+    t: usize,
+    (h, g, dk, dv): (usize, usize, usize, usize),
+    seed: u64,
+) -> (AttnShape, Mat, Mat, Mat) {
+    let shape = AttnShape {
+        n_head: h,
+        n_head_kv: g,
+        head_dim_k: dk,
+        head_dim_v: dv,
+        scale: 1.0 / (dk as f32).sqrt(),
+    };
+    let q = Mat::from_vec(t, h * dk, values(t * h * dk, seed + h as u64));
+    let k = Mat::from_vec(t, g * dk, values(t * g * dk, seed + 1 + g as u64));
+    let v = Mat::from_vec(t, g * dv, values(t * g * dv, seed + 2 + dv as u64));
+    (shape, q, k, v)
+}
+
+/// Runs one [`BatchedGemm`] on host buffers with the SGEMM emulation, after checking that
+/// its extents lie inside them (what the device code checks before the cuBLAS call).
+fn batched_emulated(g: &BatchedGemm, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
+    let [el, er, eo] = g.extents();
+    assert!(
+        el <= lhs.len() && er <= rhs.len() && eo <= out.len(),
+        "{g:?} reaches beyond its buffers"
+    );
+    for b in 0..g.batch {
+        sgemm_emulated(
+            &g.params,
+            &rhs[g.rhs.offset + b * g.rhs.stride..],
+            &lhs[g.lhs.offset + b * g.lhs.stride..],
+            &mut out[g.out.offset + b * g.out.stride..],
+        );
+    }
+}
+
+/// The device attention plan, executed on the host (emulated cuBLAS calls at the plan's
+/// offsets, leading dimensions and strides, the CPU's causal softmax between), is
+/// `ops::attention`: MQA (one SGEMM per step, heads folded into rows), GQA (batched over the
+/// group's heads), MHA, with the score buffer bounded so spans split into query blocks, and
+/// tokens outside every span left zero.
+#[test]
+fn attention_plan_emulated_is_ops_attention() {
+    let seqs = [SeqSpan { start: 1, len: 5 }, SeqSpan { start: 7, len: 9 }];
+    let t = 17;
+    // (n_head, n_head_kv, dk, dv, max_scores)
+    for (h, g, dk, dv, max_scores) in [
+        (4, 1, 12, 8, usize::MAX),
+        (4, 1, 12, 8, 30),
+        (6, 2, 8, 5, usize::MAX),
+        (6, 3, 8, 5, 40),
+        (3, 3, 4, 6, 1),
+    ] {
+        let (shape, q, k, v) = attn_case(t, (h, g, dk, dv), 1);
+        let (steps, scores_len) = attention_plan(t, &seqs, &shape, max_scores).expect("plan");
+        let group = h / g;
+        let blocks: usize = seqs
+            .iter()
+            .map(|s| s.len.div_ceil(attn_query_block(s.len, group, max_scores)))
+            .sum();
+        assert_eq!(steps.len(), blocks * g);
+        if max_scores == usize::MAX {
+            assert_eq!(blocks, seqs.len());
+        } else {
+            assert!(blocks > seqs.len(), "the bound splits the spans");
+            assert!(scores_len <= max_scores.max(group * 9), "{scores_len}");
+        }
+        let mut sc = vec![f32::NAN; scores_len];
+        let mut y = vec![0f32; t * h * dv];
+        for st in &steps {
+            if g == 1 {
+                assert_eq!(st.scores.batch, 1, "MQA: one SGEMM");
+                assert_eq!(st.scores.params.n as usize, st.softmax.rows);
+            }
+            batched_emulated(&st.scores, &q.data, &k.data, &mut sc);
+            let m = &st.softmax;
+            let block = &mut sc[..m.rows * m.n];
+            ops::attention::causal_softmax(block, m.n, m.group, m.first, shape.scale);
+            batched_emulated(&st.pv, &sc, &v.data, &mut y);
+        }
+        let want = ops::attention(&q, &k, &v, &seqs, &shape);
+        let err = max_rel_err(&y, &want.data);
+        assert!(err < 1e-5, "H={h} G={g} bound {max_scores}: {err}");
+        for r in [0, 6, 16] {
+            assert!(y[r * h * dv..(r + 1) * h * dv].iter().all(|&x| x == 0.0));
+        }
+    }
+    // Spans beyond the tokens and impossible shapes have no plan.
+    let shape = AttnShape {
+        n_head: 4,
+        n_head_kv: 3,
+        head_dim_k: 8,
+        head_dim_v: 8,
+        scale: 1.0,
+    };
+    assert!(attention_plan(t, &seqs, &shape, usize::MAX).is_err());
+    let shape = AttnShape {
+        n_head_kv: 1,
+        ..shape
+    };
+    assert!(attention_plan(15, &seqs, &shape, usize::MAX).is_err());
+    assert_eq!(attention_plan(0, &[], &shape, 1), Ok((Vec::new(), 0)));
+    let empty = [SeqSpan { start: 99, len: 0 }];
+    assert_eq!(attention_plan(0, &empty, &shape, 1), Ok((Vec::new(), 0)));
+}
+
+#[test]
+fn attention_query_blocks_bound_the_score_buffer() {
+    let limit = ATTN_SCORES_BYTES / 4;
+    // R1 (128 heads on one latent K/V head): 512 tokens in one block, 4096 in blocks of 512.
+    assert_eq!(attn_query_block(512, 128, limit), 512);
+    assert_eq!(attn_query_block(4096, 128, limit), 512);
+    assert_eq!(attn_query_block(7, 1, limit), 7);
+    // Never empty, even when one query's scores alone exceed the bound.
+    assert_eq!(attn_query_block(1000, 128, 10), 1);
+    assert_eq!(attn_query_block(0, 4, 10), 1);
+}
+
+#[test]
+fn batched_gemm_refuses_empty_or_inconsistent_shapes() {
+    let o = |ld| Operand {
+        offset: 0,
+        ld,
+        stride: 0,
+    };
+    assert!(row_major_batched((2, 3, 4), o(4), (o(4), true), o(3), 1).is_ok());
+    assert!(row_major_batched((2, 3, 4), o(4), (o(3), false), o(3), 1).is_ok());
+    assert!(row_major_batched((0, 3, 4), o(4), (o(4), true), o(3), 1).is_err());
+    assert!(row_major_batched((2, 3, 4), o(4), (o(4), true), o(3), 0).is_err());
+    assert!(row_major_batched((2, 3, 4), o(3), (o(4), true), o(3), 1).is_err());
+    assert!(row_major_batched((2, 3, 4), o(4), (o(2), false), o(3), 1).is_err());
+    assert!(row_major_batched((2, 3, 4), o(4), (o(4), true), o(2), 1).is_err());
+    assert!(row_major_batched((1 << 31, 3, 4), o(4), (o(4), true), o(3), 1).is_err());
+}
+
 #[test]
 fn launch_geometry_covers_every_element() {
     assert_eq!(launch_dims(0), None);
@@ -99,11 +249,15 @@ fn kernel_table_matches_the_ggml_type_table() {
     }
     assert!(SOURCE.contains(&format!("void {}(", super::kernels::FP8_KERNEL)));
     assert!(SOURCE.contains(&format!("void {}(float *g", super::kernels::SWIGLU_KERNEL)));
+    assert!(SOURCE.contains(&format!(
+        "void {}(float *s",
+        super::kernels::CAUSAL_SOFTMAX_KERNEL
+    )));
 }
 
 /// The host C twin: the kernel source with `R1Q_HOST_TWIN`, plus a driver that applies one
 /// element function to a file of blocks (mode = index into KERNELS), the FP8 block decoder
-/// (mode = -1) or SwiGLU (mode = -2).
+/// (mode = -1), SwiGLU (mode = -2) or the causal softmax of attention scores (mode = -3).
 fn harness_source() -> String {
     let table: Vec<&str> = KERNELS.iter().map(|k| k.elem).collect();
     format!(
@@ -142,6 +296,14 @@ int main(int argc, char **argv) {{
             float v = swiglu_value(g[i], u[i]);
             fwrite(&v, 4, 1, out);
         }}
+    }} else if (mode == -3) {{ /* causal softmax: a = rows, b = n, c = group, d = first;
+                                 src = scores [a, b], sc = the scale (one float) */
+        float *s = (float *)malloc(len + 4), scale;
+        memcpy(s, src, len);
+        if ((u64)len < 4 * a * b || slen < 4) return 5;
+        memcpy(&scale, sc, 4);
+        for (u64 r = 0; r < a; r++) causal_softmax_row(s + r * b, r, b, c, d, scale);
+        fwrite(s, 4, a * b, out);
     }} else {{ /* FP8: a = rows, b = cols, c = b0, d = b1 */
         float *scales = (float *)malloc(slen + 4); memcpy(scales, sc, slen);
         u64 scale_cols = (b + d - 1) / d;
@@ -330,6 +492,61 @@ fn swiglu_kernel_source_matches_ops_swiglu() {
     same_bits(&got, &want.data, "swiglu");
 }
 
+/// The causal-softmax kernel's arithmetic equals `ops::attention`'s `causal_softmax` bit for
+/// bit (same steps, f64 sum in column order; the twin's `expf` is the host libm's, as Rust's
+/// `f32::exp`): a triangle from a row of one element, rows grouped by head with masked tails
+/// starting mid-block, a valid count clamped at the row, large and very negative scores, −∞
+/// and NaN entries.
+#[test]
+fn causal_softmax_kernel_source_matches_ops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(exe) = build_twin(dir.path()) else {
+        return;
+    };
+    let to_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|f| f.to_le_bytes()).collect() };
+    // (rows, n, group, first, scale, magnitude)
+    let cases: [(usize, usize, usize, usize, f32, f32); 6] = [
+        (9, 9, 1, 0, 0.125, 1.0),
+        (12, 7, 3, 3, 0.0417, 50.0),
+        (16, 37, 16, 36, 1.0, 1e4),
+        (10, 6, 2, 4, 0.3, 2.0),
+        (5, 300, 1, 250, 0.0625, -3e3),
+        (4, 1, 4, 0, 2.0, 1.0),
+    ];
+    for (ci, &(rows, n, group, first, scale, mag)) in cases.iter().enumerate() {
+        let mut x: Vec<f32> = values(rows * n, 60 + ci as u64)
+            .iter()
+            .map(|v| v * mag.abs() + if mag < 0.0 { mag } else { 0.0 })
+            .collect();
+        if ci == 1 {
+            x[n] = f32::NEG_INFINITY; // row 1, column 0: weight 0, the rest normal
+            x[2 * n + 1] = f32::NAN; // row 2 becomes NaN (as on the CPU)
+        }
+        let mut want = x.clone();
+        crate::ops::attention::causal_softmax(&mut want, n, group, first, scale);
+        let args = [rows as u64, n as u64, group as u64, first as u64, 0];
+        let got = run_twin(
+            &exe,
+            dir.path(),
+            args,
+            -3,
+            &to_bytes(&x),
+            &scale.to_le_bytes(),
+        );
+        same_bits(&got, &want, &format!("causal softmax case {ci}"));
+        // The masked tails really are zero and each kept part sums to about 1.
+        for (r, row) in want.chunks_exact(n).enumerate() {
+            let valid = (first + r / group + 1).min(n);
+            assert!(row[valid..].iter().all(|&v| v == 0.0), "case {ci} row {r}");
+            let sum: f32 = row[..valid].iter().sum();
+            assert!(
+                sum.is_nan() || (sum - 1.0).abs() < 1e-4,
+                "case {ci} row {r}: {sum}"
+            );
+        }
+    }
+}
+
 /// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): every kernel on the
 /// device equals the CPU reference bit for bit, and cuBLAS's product matches `ops::matmul`
 /// within f32 reassociation error. Skips with a message when no GPU can be opened.
@@ -408,12 +625,7 @@ fn gpu_kernels_and_gemm_match_cpu() {
     let want = ops::matmul_naive(&xm, &w);
     for name in ["w", "not-resident"] {
         let got = backend.matmul(name, &xm, &w);
-        let err = got
-            .data
-            .iter()
-            .zip(&want.data)
-            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
-            .fold(0f32, f32::max);
+        let err = max_rel_err(&got.data, &want.data);
         assert!(
             err < 1e-4,
             "{name}: GEMM differs from the reference by {err}"
@@ -448,11 +660,7 @@ fn gpu_expert_ffn_matches_cpu() {
     let (mut got, mut want) = (ExpertOut::default(), ExpertOut::default());
     let rel = |a: &Mat, b: &Mat| {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols));
-        a.data
-            .iter()
-            .zip(&b.data)
-            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-            .fold(0f32, f32::max)
+        max_rel_err(&a.data, &b.data)
     };
     for (source, e, n) in [
         (&src as &dyn WeightSource, 2, 37),
@@ -468,4 +676,49 @@ fn gpu_expert_ffn_matches_cpu() {
         assert!(eg < 1e-4 && ey < 1e-4, "expert {e}: g {eg}, y {ey}");
     }
     backend.end_layer().expect("no device error");
+}
+
+/// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): `CudaBackend::attention`
+/// (cuBLAS products around the causal-softmax kernel) gives `ops::attention`'s output within
+/// 1e-4 of 1 + |reference| per element (f32 reassociation in cuBLAS, CUDA's `expf` within
+/// 2 ulp), with the rows outside every span exactly zero: MQA as MLA uses it (16 heads of
+/// dk 96 on one K/V head of dv 64), GQA and MHA, over two spans of 37 and 64 tokens with gap
+/// rows — once with the default score bound (one block per span) and once with a bound that
+/// splits the spans into query blocks. Skips when no GPU can be opened.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
+fn gpu_attention_matches_cpu() {
+    use crate::backend::Backend;
+
+    let backend = match super::CudaBackend::new(0) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIP gpu test: {e}");
+            return;
+        }
+    };
+    let seqs = [
+        SeqSpan { start: 0, len: 37 },
+        SeqSpan { start: 39, len: 64 },
+    ];
+    let t = 105;
+    for (h, g, dk, dv) in [(16, 1, 96, 64), (8, 2, 64, 64), (6, 6, 32, 48)] {
+        let (shape, q, k, v) = attn_case(t, (h, g, dk, dv), 21);
+        let want = ops::attention(&q, &k, &v, &seqs, &shape);
+        let whole = backend.attention(&q, &k, &v, &seqs, &shape);
+        backend.end_layer().expect("no device error");
+        let blocked = backend
+            .attention_device((&q, &k, &v), &seqs, &shape, (h / g) * 64 * 5)
+            .expect("device attention in query blocks");
+        for (label, got) in [("one block per span", &whole), ("query blocks", &blocked)] {
+            assert_eq!((got.rows, got.cols), (want.rows, want.cols));
+            let err = max_rel_err(&got.data, &want.data);
+            eprintln!("attention H={h} G={g} dk={dk} dv={dv}, {label}: {err:.2e}");
+            assert!(err < 1e-4, "H={h} G={g} {label}: {err}");
+            for r in [37, 38, 103, 104] {
+                assert!(got.row(r).iter().all(|&x| x == 0.0), "row {r} {label}");
+            }
+        }
+    }
 }

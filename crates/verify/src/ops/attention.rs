@@ -32,7 +32,9 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    fn check(&self, q: &Mat, k: &Mat, v: &Mat) {
+    /// Panics (internal invariant, as every op here) unless q, k and v have this shape's
+    /// widths and the same number of rows.
+    pub(crate) fn check(&self, q: &Mat, k: &Mat, v: &Mat) {
         assert!(self.n_head_kv > 0 && self.n_head.is_multiple_of(self.n_head_kv));
         assert!(
             q.cols == self.n_head * self.head_dim_k,
@@ -78,12 +80,7 @@ pub fn attention(q: &Mat, k: &Mat, v: &Mat, seqs: &[SeqSpan], s: &AttnShape) -> 
                 let qv = MatRef::slice(&q.data, q.cols, span.start + r0, bq, h * dk, dk);
                 let kv = MatRef::slice(&k.data, k.cols, span.start, nk, g * dk, dk);
                 gemm_into(&mut scores, nk, qv, kv, Rhs::Transposed, false, false);
-                for i in 0..bq {
-                    let row = &mut scores[i * nk..(i + 1) * nk];
-                    let n_valid = r0 + i + 1;
-                    softmax_scaled(&mut row[..n_valid], s.scale);
-                    row[n_valid..].fill(0.0);
-                }
+                causal_softmax(&mut scores[..bq * nk], nk, 1, r0, s.scale);
                 let pv = MatRef {
                     data: &scores,
                     rows: bq,
@@ -106,6 +103,19 @@ pub fn attention(q: &Mat, k: &Mat, v: &Mat, seqs: &[SeqSpan], s: &AttnShape) -> 
         }
     }
     y
+}
+
+/// The causal softmax of a block of score rows `[rows, n]` (row-major, `scores.len() / n`
+/// rows): row r belongs to query position `first + r / group` of its span (`group` consecutive
+/// rows per query: the query heads sharing one K/V head, side by side), so it keeps columns
+/// `0 ..= first + r / group` ([`softmax_scaled`]) and the rest become 0. The CUDA kernel
+/// `r1q_causal_softmax` is this function in C (`cuda/kernels.rs`), tested against it.
+pub(crate) fn causal_softmax(scores: &mut [f32], n: usize, group: usize, first: usize, scale: f32) {
+    for (r, row) in scores.chunks_exact_mut(n).enumerate() {
+        let n_valid = (first + r / group + 1).min(n);
+        softmax_scaled(&mut row[..n_valid], scale);
+        row[n_valid..].fill(0.0);
+    }
 }
 
 /// `row ← softmax(scale · row)`: max-subtracted, f64 sum (as ggml's `soft_max` accumulates).

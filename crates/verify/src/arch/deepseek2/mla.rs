@@ -7,7 +7,7 @@
 //! latent once for all heads (MQA) instead of expanding keys and values per head.
 
 use crate::engine::LayerCtx;
-use crate::ops::{self, attention, gemm_into, rope, AttnShape, MatRef, Rhs};
+use crate::ops::{self, gemm_into, rope, AttnShape, MatRef, Rhs};
 use crate::tensor::{Mat, SeqSpan};
 
 use super::yarn::YarnScales;
@@ -172,7 +172,7 @@ impl Mla {
             head_dim_v: d.kv_lora,
             scale: self.yarn.kq_scale,
         };
-        let o_lat = attention(&q_abs, &k, &v, seqs, &shape);
+        let o_lat = ctx.attention(&q_abs, &k, &v, seqs, &shape);
         drop((q_abs, k, v));
 
         // 7. Decompress per head with v_b, then attn_output over the concatenation.
