@@ -283,6 +283,42 @@ pub fn expert_ffn_cpu(job: &ExpertJob<'_>, out: &mut ExpertOut) -> Result<()> {
     Ok(())
 }
 
+/// The CPU reference of [`Backend::head_matmul`] (and its default): one multithreaded
+/// `gemm_into` per head on column slices of x and row slices of w, straight into y's columns.
+pub fn head_matmul_cpu(x: &Mat, w: &Mat, heads: usize, y: &mut Mat, col_stride: usize) {
+    check_head_matmul(x, w, heads, y, col_stride);
+    let (inp, out) = (w.cols, w.rows / heads.max(1));
+    for head in 0..heads {
+        let xv = MatRef::slice(&x.data, x.cols, 0, x.rows, head * inp, inp);
+        let wv = MatRef::slice(&w.data, inp, head * out, out, 0, inp);
+        gemm_into(
+            &mut y.data[head * col_stride..],
+            y.cols,
+            xv,
+            wv,
+            Rhs::Transposed,
+            false,
+            true,
+        );
+    }
+}
+
+/// Panics (internal invariant) unless x, w and y fit [`Backend::head_matmul`]'s layout.
+pub(crate) fn check_head_matmul(x: &Mat, w: &Mat, heads: usize, y: &Mat, col_stride: usize) {
+    assert!(
+        heads > 0 && w.rows.is_multiple_of(heads),
+        "head_matmul: {} weight rows for {heads} heads",
+        w.rows
+    );
+    let out = w.rows / heads;
+    assert_eq!(x.cols, heads * w.cols, "head_matmul: input width");
+    assert_eq!(x.rows, y.rows, "head_matmul: row counts");
+    assert!(
+        col_stride >= out && (heads - 1) * col_stride + out <= y.cols,
+        "head_matmul: output columns"
+    );
+}
+
 /// The heavy ops of one layer, on some device.
 ///
 /// Contract: every method gives the numbers of the CPU reference ([`ops::matmul`],
@@ -321,6 +357,25 @@ pub trait Backend: Send + Sync {
     /// panic, as in [`ops::attention`].
     fn attention(&self, q: &Mat, k: &Mat, v: &Mat, seqs: &[SeqSpan], shape: &AttnShape) -> Mat {
         ops::attention(q, k, v, seqs, shape)
+    }
+
+    /// Per-head products, as MLA's absorbed `attn_k_b` / `attn_v_b` ([`head_matmul_cpu`], the
+    /// default): for each head h < `heads`, `y[:, h·col_stride ..][..out] = x[:, h·in ..][..in]
+    /// · w_hᵀ`, where w is `[heads·out, in]` (head h = rows `h·out ..`, `in = w.cols`) and x is
+    /// `[T, heads·in]`. y's other columns are left as they are. `name` is w's GGUF name (a
+    /// device may hold it from [`Backend::dequantize`]). Infallible with the contract of
+    /// [`Backend::matmul`]; shape mismatches panic.
+    fn head_matmul(
+        &self,
+        name: &str,
+        x: &Mat,
+        w: &Mat,
+        heads: usize,
+        y: &mut Mat,
+        col_stride: usize,
+    ) {
+        let _ = name;
+        head_matmul_cpu(x, w, heads, y, col_stride);
     }
 
     /// Whether [`Backend::dequantize`] should be offered the raw bytes of each layer weight.
@@ -886,6 +941,33 @@ pub(crate) mod tests {
                     assert!(msg.contains("--features cuda"), "{msg}");
                 }
             }
+        }
+    }
+
+    /// The default `head_matmul` is, per head, `ops::matmul` of the head's input columns and
+    /// weight rows, written at the head's output columns; every other column keeps its value.
+    #[test]
+    fn cpu_head_matmul_is_per_head_matmul() {
+        let (t, heads, inp, out) = (7, 3, 5, 4);
+        let x = Mat::from_vec(t, heads * inp, values(t * heads * inp, 81));
+        let w = Mat::from_vec(heads * out, inp, values(heads * out * inp, 82));
+        for col_stride in [out, out + 2] {
+            let cols = (heads - 1) * col_stride + out + 1;
+            let mut y = Mat::from_vec(t, cols, vec![7.5; t * cols]);
+            CpuBackend.head_matmul("w", &x, &w, heads, &mut y, col_stride);
+            let mut want = Mat::from_vec(t, cols, vec![7.5; t * cols]);
+            for h in 0..heads {
+                let xh: Vec<f32> = (0..t)
+                    .flat_map(|r| x.row(r)[h * inp..(h + 1) * inp].to_vec())
+                    .collect();
+                let wh = w.data[h * out * inp..(h + 1) * out * inp].to_vec();
+                let yh = ops::matmul(&Mat::from_vec(t, inp, xh), &Mat::from_vec(out, inp, wh));
+                for r in 0..t {
+                    want.row_mut(r)[h * col_stride..h * col_stride + out]
+                        .copy_from_slice(yh.row(r));
+                }
+            }
+            assert_eq!(y, want, "col_stride {col_stride}");
         }
     }
 

@@ -160,6 +160,24 @@ impl<'a> LayerCtx<'a> {
         self.backend().attention(q, k, v, seqs, shape)
     }
 
+    /// Per-head products `y[:, h·col_stride ..] = x[:, h·in ..] · w_hᵀ` on the context's
+    /// backend ([`Backend::head_matmul`]), first showing `x` to the observer under
+    /// `weight_name` (a 3-D weight's input rows hold the heads' slices side by side, as
+    /// llama-imatrix sees them).
+    pub fn head_matmul(
+        &self,
+        weight_name: &str,
+        x: &Mat,
+        w: &Mat,
+        heads: usize,
+        y: &mut Mat,
+        col_stride: usize,
+    ) {
+        self.observe(weight_name, x);
+        self.backend()
+            .head_matmul(weight_name, x, w, heads, y, col_stride);
+    }
+
     /// Reports `x` as the input of expert `expert` of the 3-D MoE tensor `weight_name` without
     /// multiplying: blocks that stream experts from the source multiply through slices of their
     /// own buffers, not a [`Mat`] per expert, but the observer must still see each expert's

@@ -20,8 +20,13 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use super::kernels::{
     self, kernel_for, launch_dims, CAUSAL_SOFTMAX_KERNEL, FP8_KERNEL, KERNELS, SWIGLU_KERNEL,
 };
-use super::{attention_plan, gemm_params, BatchedGemm, GemmParams, Op, SoftmaxRows};
-use crate::backend::{check_fp8, Backend, Device, DeviceError, ExpertJob, ExpertOut, RawTensor};
+use super::{
+    attention_plan, gemm_params, head_matmul_plan, BatchedGemm, GemmParams, Op, SoftmaxRows,
+};
+use crate::backend::{
+    check_fp8, check_head_matmul, head_matmul_cpu, Backend, Device, DeviceError, ExpertJob,
+    ExpertOut, RawTensor,
+};
 use crate::ops::{self, AttnShape};
 use crate::tensor::{Mat, SeqSpan};
 
@@ -38,6 +43,21 @@ struct Resident {
     len: usize,
     /// The f32 values, row-major `[rows, width]`.
     buf: CudaSlice<f32>,
+}
+
+/// A weight on the device for one product: the layer's resident copy or a fresh upload.
+enum WeightOnDevice<'s> {
+    Resident(&'s CudaSlice<f32>),
+    Uploaded(CudaSlice<f32>),
+}
+
+impl WeightOnDevice<'_> {
+    fn get(&self) -> &CudaSlice<f32> {
+        match self {
+            WeightOnDevice::Resident(b) => b,
+            WeightOnDevice::Uploaded(b) => b,
+        }
+    }
 }
 
 /// What the mutex guards.
@@ -181,6 +201,31 @@ impl CudaBackend {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `device` under the lock unless a device error is already recorded; a new error is
+    /// recorded (as `during`). `None` in both cases: the infallible ops (`matmul`,
+    /// `head_matmul`, `attention`) then use the CPU result, which keeps the numbers right, and
+    /// [`Backend::end_layer`] reports the error.
+    fn on_device<T>(
+        &self,
+        during: impl FnOnce() -> String,
+        device: impl FnOnce(&State) -> Result<T, String>,
+    ) -> Option<T> {
+        let mut state = self.lock();
+        if state.error.is_some() {
+            return None;
+        }
+        match device(&state) {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                state.error = Some(DeviceError::Runtime {
+                    during: during(),
+                    problem,
+                });
+                None
+            }
+        }
     }
 
     fn function(&self, name: &str) -> Result<&CudaFunction, String> {
@@ -521,6 +566,54 @@ impl CudaBackend {
         self.stream.synchronize().map_err(|e| e.to_string())
     }
 
+    /// w's resident device copy (dequantized under `name` from the buffer the block holds),
+    /// or a new upload of it.
+    fn weight_device<'s>(
+        &self,
+        state: &'s State,
+        name: &str,
+        w: &Mat,
+    ) -> Result<WeightOnDevice<'s>, String> {
+        Ok(match state.resident.get(name) {
+            Some(r) if r.host_ptr == w.data.as_ptr() as usize && r.len == w.data.len() => {
+                WeightOnDevice::Resident(&r.buf)
+            }
+            _ => WeightOnDevice::Uploaded(
+                self.stream.clone_htod(&w.data).map_err(|e| e.to_string())?,
+            ),
+        })
+    }
+
+    /// Per-head products on cuBLAS ([`super::head_matmul_plan`]): x (and y, unless the heads
+    /// cover all its columns) uploaded, w resident or uploaded, one strided-batched SGEMM,
+    /// y downloaded.
+    fn head_matmul_device(
+        &self,
+        state: &State,
+        name: &str,
+        (x, w, heads): (&Mat, &Mat, usize),
+        y: &mut Mat,
+        col_stride: usize,
+    ) -> Result<(), String> {
+        let (inp, out) = (w.cols, w.rows / heads);
+        let plan = head_matmul_plan(x.rows, (heads, inp, out), x.cols, (y.cols, col_stride))?;
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let w_dev = self.weight_device(state, name, w)?;
+        let x_dev = self.stream.clone_htod(&x.data).map_err(|e| e.to_string())?;
+        // Columns outside the heads keep their values: upload y unless there are none.
+        let mut y_dev = if heads * out == y.cols && col_stride == out {
+            self.stream.alloc_zeros::<f32>(y.data.len())
+        } else {
+            self.stream.clone_htod(&y.data)
+        }
+        .map_err(|e| e.to_string())?;
+        self.gemm_batched(&plan, &x_dev, w_dev.get(), &mut y_dev)?;
+        self.stream
+            .memcpy_dtoh(&y_dev, &mut y.data)
+            .map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())
+    }
+
     /// `y = x · wᵀ` on cuBLAS, with w's device copy if it is resident.
     fn matmul_device(&self, state: &State, name: &str, x: &Mat, w: &Mat) -> Result<Mat, String> {
         gemm_params(x.rows, x.cols, w.rows)?;
@@ -529,14 +622,8 @@ impl CudaBackend {
             return Ok(y);
         }
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        let uploaded;
-        let w_dev: &CudaSlice<f32> = match state.resident.get(name) {
-            Some(r) if r.host_ptr == w.data.as_ptr() as usize && r.len == w.data.len() => &r.buf,
-            _ => {
-                uploaded = self.stream.clone_htod(&w.data).map_err(|e| e.to_string())?;
-                &uploaded
-            }
-        };
+        let w_dev = self.weight_device(state, name, w)?;
+        let w_dev = w_dev.get();
         let x_dev = self.stream.clone_htod(&x.data).map_err(|e| e.to_string())?;
         let mut y_dev = self
             .stream
@@ -562,44 +649,45 @@ impl Backend for CudaBackend {
 
     fn matmul(&self, name: &str, x: &Mat, w: &Mat) -> Mat {
         assert_eq!(x.cols, w.cols, "matmul: input widths differ");
-        let mut state = self.lock();
-        if state.error.is_none() {
-            match self.matmul_device(&state, name, x, w) {
-                Ok(y) => return y,
-                Err(problem) => {
-                    state.error = Some(DeviceError::Runtime {
-                        during: format!("matmul {name}"),
-                        problem,
-                    });
-                }
-            }
+        let during = || format!("matmul {name}");
+        self.on_device(during, |state| self.matmul_device(state, name, x, w))
+            .unwrap_or_else(|| ops::matmul(x, w))
+    }
+
+    fn head_matmul(
+        &self,
+        name: &str,
+        x: &Mat,
+        w: &Mat,
+        heads: usize,
+        y: &mut Mat,
+        col_stride: usize,
+    ) {
+        check_head_matmul(x, w, heads, y, col_stride);
+        if x.rows == 0 || w.rows == 0 || w.cols == 0 {
+            return head_matmul_cpu(x, w, heads, y, col_stride);
         }
-        drop(state);
-        // The error is reported at the end of the layer; the CPU result keeps the numbers right.
-        ops::matmul(x, w)
+        let during = || format!("per-head matmul {name}");
+        let device = |state: &State| {
+            self.head_matmul_device(state, name, (x, w, heads), &mut *y, col_stride)
+        };
+        if self.on_device(during, device).is_none() {
+            head_matmul_cpu(x, w, heads, y, col_stride);
+        }
     }
 
     fn attention(&self, q: &Mat, k: &Mat, v: &Mat, seqs: &[SeqSpan], shape: &AttnShape) -> Mat {
         shape.check(q, k, v);
-        let mut state = self.lock();
-        if state.error.is_none() {
-            let max_scores = super::ATTN_SCORES_BYTES / 4;
-            match self.attention_device((q, k, v), seqs, shape, max_scores) {
-                Ok(y) => return y,
-                Err(problem) => {
-                    state.error = Some(DeviceError::Runtime {
-                        during: format!(
-                            "attention of {} tokens ({} heads on {} K/V heads)",
-                            q.rows, shape.n_head, shape.n_head_kv
-                        ),
-                        problem,
-                    });
-                }
-            }
-        }
-        drop(state);
-        // As in `matmul`: reported at the end of the layer, the CPU result keeps the numbers.
-        ops::attention(q, k, v, seqs, shape)
+        let during = || {
+            format!(
+                "attention of {} tokens ({} heads on {} K/V heads)",
+                q.rows, shape.n_head, shape.n_head_kv
+            )
+        };
+        let max_scores = super::ATTN_SCORES_BYTES / 4;
+        let device = |_: &State| self.attention_device((q, k, v), seqs, shape, max_scores);
+        self.on_device(during, device)
+            .unwrap_or_else(|| ops::attention(q, k, v, seqs, shape))
     }
 
     fn dequantizes(&self) -> bool {

@@ -32,8 +32,10 @@
 //!   (same steps, f64 sum in column order, one thread per row), and a second SGEMM writes
 //!   P·V into the resident output, which comes down once. The score buffer is bounded by
 //!   [`ATTN_SCORES_BYTES`] (longer spans go in blocks of queries).
-//! * CPU: RMSNorm, rope, MLA's per-head `attn_k_b`/`attn_v_b` products (`gemm_into` per head),
-//!   the dense and shared-expert SwiGLU, routing (gathering each expert's tokens, the weighted
+//! * GPU: MLA's per-head `attn_k_b` / `attn_v_b` products
+//!   ([`crate::backend::Backend::head_matmul`]), each one strided-batched SGEMM over all heads
+//!   ([`head_matmul_plan`]) with the weight's resident copy.
+//! * CPU: RMSNorm, rope, the dense and shared-expert SwiGLU, routing (gathering each expert's tokens, the weighted
 //!   scatter-add of its output), the residual adds. Activations therefore cross PCIe once per
 //!   matmul and per attention (inputs up, output down): the blocks work on host
 //!   [`crate::Mat`]s, and the dequantized non-expert weights are also copied back to the host
@@ -41,8 +43,8 @@
 //!   the blocks to be written against a device tensor type — the next step, not done here; so
 //!   is overlapping the next expert's upload with the current one's GEMMs (a second stream).
 //!
-//! Device errors: `matmul`, `attention` and `dequantize` record the first one and fall back
-//! to the CPU result, and [`crate::backend::Backend::end_layer`] reports it; `expert_ffn`
+//! Device errors: `matmul`, `head_matmul`, `attention` and `dequantize` record the first one
+//! and fall back to the CPU result, and [`crate::backend::Backend::end_layer`] reports it; `expert_ffn`
 //! returns it at once (a recorded one included), so the run stops with that message, never a
 //! panic.
 //!
@@ -218,6 +220,36 @@ pub fn row_major_batched(
         rhs,
         out,
     })
+}
+
+/// The one strided-batched SGEMM of `Backend::head_matmul`: for each head h < `heads`,
+/// `y[:, h·col_stride ..][..out] = x[:, h·inp ..][..inp] · w_hᵀ` over `rows` tokens, with w
+/// `[heads·out, inp]` (head h = rows `h·out ..`), x `x_cols` and y `y_cols` wide (lhs = x's
+/// buffer, rhs = w's, out = y's). MLA's `attn_k_b` (R1: 128 heads of 128 → 512) and
+/// `attn_v_b` (512 → 128) each become one call instead of a loop over heads.
+pub fn head_matmul_plan(
+    rows: usize,
+    (heads, inp, out): (usize, usize, usize),
+    x_cols: usize,
+    (y_cols, col_stride): (usize, usize),
+) -> Result<BatchedGemm, String> {
+    if heads > 0 && (heads - 1) * col_stride + out > y_cols {
+        return Err(format!(
+            "{heads} heads of {out} at stride {col_stride} do not fit {y_cols} columns"
+        ));
+    }
+    let at = |ld, stride| Operand {
+        offset: 0,
+        ld,
+        stride,
+    };
+    row_major_batched(
+        (rows, out, inp),
+        at(x_cols, inp),
+        (at(inp, out * inp), true),
+        at(y_cols, col_stride),
+        heads,
+    )
 }
 
 /// Queries per block of a span of `len` tokens whose score rows for one K/V group are

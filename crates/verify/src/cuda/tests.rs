@@ -10,8 +10,8 @@ use formats::ggml_type::GgmlType;
 
 use super::kernels::{launch_dims, KERNELS, MAX_GRID, SOURCE, THREADS};
 use super::{
-    attention_plan, attn_query_block, gemm_params, row_major_batched, BatchedGemm, GemmParams, Op,
-    Operand, ATTN_SCORES_BYTES,
+    attention_plan, attn_query_block, gemm_params, head_matmul_plan, row_major_batched,
+    BatchedGemm, GemmParams, Op, Operand, ATTN_SCORES_BYTES,
 };
 use crate::backend::dequantize_cpu;
 use crate::backend::tests::{fp8_bytes, fp8_raw, values, FP8_SHAPE};
@@ -183,6 +183,36 @@ fn attention_plan_emulated_is_ops_attention() {
     assert_eq!(attention_plan(0, &[], &shape, 1), Ok((Vec::new(), 0)));
     let empty = [SeqSpan { start: 99, len: 0 }];
     assert_eq!(attention_plan(0, &empty, &shape, 1), Ok((Vec::new(), 0)));
+}
+
+/// `head_matmul`'s one batched SGEMM, executed with the SGEMM emulation, is the CPU's
+/// per-head loop (within f32 summation order), at a column stride equal to and wider than a
+/// head's output; the columns between heads are not touched.
+#[test]
+fn head_matmul_plan_emulated_is_the_per_head_loop() {
+    let (t, heads, inp, out) = (9, 4, 6, 5);
+    let x = Mat::from_vec(t, heads * inp, values(t * heads * inp, 91));
+    let w = Mat::from_vec(heads * out, inp, values(heads * out * inp, 92));
+    for col_stride in [out, out + 3] {
+        let cols = (heads - 1) * col_stride + out;
+        let plan =
+            head_matmul_plan(t, (heads, inp, out), x.cols, (cols, col_stride)).expect("plan");
+        assert_eq!(plan.batch, heads);
+        let mut got = vec![-3.0f32; t * cols];
+        batched_emulated(&plan, &x.data, &w.data, &mut got);
+        let mut want = Mat::from_vec(t, cols, vec![-3.0; t * cols]);
+        crate::backend::head_matmul_cpu(&x, &w, heads, &mut want, col_stride);
+        let err = max_rel_err(&got, &want.data);
+        assert!(err < 1e-5, "col_stride {col_stride}: {err}");
+        let untouched = |v: &[f32]| {
+            (0..t * cols)
+                .filter(|i| i % cols % col_stride >= out)
+                .all(|c| v[c] == -3.0)
+        };
+        assert!(untouched(&got) && untouched(&want.data));
+    }
+    assert!(head_matmul_plan(t, (heads, inp, out), x.cols, (3 * out + 4, out + 1)).is_err());
+    assert!(head_matmul_plan(t, (0, inp, out), x.cols, (out, out)).is_err());
 }
 
 #[test]
@@ -547,6 +577,15 @@ fn causal_softmax_kernel_source_matches_ops() {
     }
 }
 
+/// GPU 0 for the `gpu_` tests, or `None` with a SKIP line when no GPU can be opened (no
+/// driver, no device: CI and this machine).
+#[cfg(feature = "cuda")]
+fn open_gpu() -> Option<super::CudaBackend> {
+    super::CudaBackend::new(0)
+        .map_err(|e| eprintln!("SKIP gpu test: {e}"))
+        .ok()
+}
+
 /// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): every kernel on the
 /// device equals the CPU reference bit for bit, and cuBLAS's product matches `ops::matmul`
 /// within f32 reassociation error. Skips with a message when no GPU can be opened.
@@ -555,12 +594,8 @@ fn causal_softmax_kernel_source_matches_ops() {
 #[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
 fn gpu_kernels_and_gemm_match_cpu() {
     use crate::backend::{Backend, Device, RawTensor};
-    let backend = match super::CudaBackend::new(0) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIP gpu test: {e}");
-            return;
-        }
+    let Some(backend) = open_gpu() else {
+        return;
     };
     eprintln!("gpu: {}", backend.describe());
     assert_eq!(backend.device(), Device::Cuda(0));
@@ -646,12 +681,8 @@ fn gpu_expert_ffn_matches_cpu() {
     use crate::backend::{expert_ffn_cpu, Backend, ExpertOut};
     use crate::source::WeightSource;
 
-    let backend = match super::CudaBackend::new(0) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIP gpu test: {e}");
-            return;
-        }
+    let Some(backend) = open_gpu() else {
+        return;
     };
     assert_eq!(backend.experts_at_once(64), 1);
     let src = expert_source();
@@ -691,12 +722,8 @@ fn gpu_expert_ffn_matches_cpu() {
 fn gpu_attention_matches_cpu() {
     use crate::backend::Backend;
 
-    let backend = match super::CudaBackend::new(0) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIP gpu test: {e}");
-            return;
-        }
+    let Some(backend) = open_gpu() else {
+        return;
     };
     let seqs = [
         SeqSpan { start: 0, len: 37 },
@@ -720,5 +747,52 @@ fn gpu_attention_matches_cpu() {
                 assert!(got.row(r).iter().all(|&x| x == 0.0), "row {r} {label}");
             }
         }
+    }
+}
+
+/// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): `CudaBackend::head_matmul`
+/// (one strided-batched SGEMM over the heads) gives the CPU's per-head products within 1e-4 of
+/// 1 + |reference|, with the weight resident (dequantized under its name) or uploaded, at an
+/// R1-like layout (`attn_k_b`: outputs at a stride wider than a head, the columns between
+/// them kept; `attn_v_b`: heads side by side). Skips when no GPU can be opened.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
+fn gpu_head_matmul_matches_cpu() {
+    use crate::backend::{head_matmul_cpu, Backend, RawTensor};
+
+    let Some(backend) = open_gpu() else {
+        return;
+    };
+    let (t, heads) = (37, 16);
+    // (inp, out, col_stride): k_b-like (nope 32 → latent 64, next to a 16-wide rope part) and
+    // v_b-like (latent 64 → 32).
+    for (inp, out, col_stride) in [(32, 64, 80), (64, 32, 32)] {
+        let x = Mat::from_vec(t, heads * inp, values(t * heads * inp, 93));
+        let w_raw: Vec<u8> = values(heads * out * inp, 94)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let raw = RawTensor::Ggml {
+            ty: GgmlType::F32,
+            data: &w_raw,
+        };
+        let mut wdata = vec![0f32; heads * out * inp];
+        backend
+            .dequantize("w_b", raw, inp, 0..heads * out, &mut wdata)
+            .expect("device f32");
+        let w = Mat::from_vec(heads * out, inp, wdata);
+        let cols = (heads - 1) * col_stride + out;
+        let fill = values(t * cols, 95);
+        let mut want = Mat::from_vec(t, cols, fill.clone());
+        head_matmul_cpu(&x, &w, heads, &mut want, col_stride);
+        for name in ["w_b", "not-resident"] {
+            let mut got = Mat::from_vec(t, cols, fill.clone());
+            backend.head_matmul(name, &x, &w, heads, &mut got, col_stride);
+            let err = max_rel_err(&got.data, &want.data);
+            eprintln!("head_matmul {inp}→{out} stride {col_stride} ({name}): {err:.2e}");
+            assert!(err < 1e-4, "{name}: {err}");
+        }
+        backend.end_layer().expect("no device error");
     }
 }

@@ -7,7 +7,7 @@
 //! latent once for all heads (MQA) instead of expanding keys and values per head.
 
 use crate::engine::LayerCtx;
-use crate::ops::{self, gemm_into, rope, AttnShape, MatRef, Rhs};
+use crate::ops::{self, rope, AttnShape};
 use crate::tensor::{Mat, SeqSpan};
 
 use super::yarn::YarnScales;
@@ -137,28 +137,9 @@ impl Mla {
         {
             dst.copy_from_slice(&src[..d.nope]);
         }
-        ctx.observe(&self.name("attn_k_b"), &q_nope);
         let mut q_abs = Mat::zeros(t, d.n_head * ka);
-        for head in 0..d.n_head {
-            let qn = MatRef::slice(&q_nope.data, q_nope.cols, 0, t, head * d.nope, d.nope);
-            let w = MatRef::slice(
-                &self.k_b.data,
-                d.nope,
-                head * d.kv_lora,
-                d.kv_lora,
-                0,
-                d.nope,
-            );
-            gemm_into(
-                &mut q_abs.data[head * ka..],
-                q_abs.cols,
-                qn,
-                w,
-                Rhs::Transposed,
-                false,
-                true,
-            );
-        }
+        let k_b = self.name("attn_k_b");
+        ctx.head_matmul(&k_b, &q_nope, &self.k_b, d.n_head, &mut q_abs, ka);
         for (dst, src) in q_abs.data.chunks_exact_mut(ka).zip(q.data.chunks_exact(qh)) {
             dst[d.kv_lora..].copy_from_slice(&src[d.nope..]);
         }
@@ -176,28 +157,9 @@ impl Mla {
         drop((q_abs, k, v));
 
         // 7. Decompress per head with v_b, then attn_output over the concatenation.
-        ctx.observe(&self.name("attn_v_b"), &o_lat);
         let mut o = Mat::zeros(t, d.n_head * d.v_head);
-        for head in 0..d.n_head {
-            let lat = MatRef::slice(&o_lat.data, o_lat.cols, 0, t, head * d.kv_lora, d.kv_lora);
-            let w = MatRef::slice(
-                &self.v_b.data,
-                d.kv_lora,
-                head * d.v_head,
-                d.v_head,
-                0,
-                d.kv_lora,
-            );
-            gemm_into(
-                &mut o.data[head * d.v_head..],
-                o.cols,
-                lat,
-                w,
-                Rhs::Transposed,
-                false,
-                true,
-            );
-        }
+        let v_b = self.name("attn_v_b");
+        ctx.head_matmul(&v_b, &o_lat, &self.v_b, d.n_head, &mut o, d.v_head);
         drop(o_lat);
         ctx.matmul(&self.name("attn_output"), &o, &self.out)
     }
