@@ -5,63 +5,55 @@
 //! Both run as child processes (release r1q), so the numbers include everything a user pays for
 //! (open, plan, mmap reads, write, fsync for r1q). MB/s = f32 input tensor bytes per second of
 //! wall time; ratio = r1q MB/s ÷ llama-quantize MB/s at the same thread count.
+//!
+//! The IQ4 types, which llama-quantize quantizes at about 15 MB/s, are timed on a one-layer cut
+//! of the same fixture (first decoder layer, embeddings and output; `block_count` = 1), so the
+//! whole table finishes in a few minutes; both tools still get the same input.
+//!
+//! `R1Q_BENCH_R1Q=PATH` times another r1q binary (an older build, to compare before and after a
+//! change) instead of building the current one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use formats::gguf::{GgufFile, GgufValue, GgufWriter, TensorDecl};
+
+use super::{bench_common, best};
 
 /// Types measured (llama-quantize TYPE names; with --pure every weight matrix gets that type).
 const TYPES: [&str; 9] = [
     "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL",
 ];
 
-/// Builds the release binary, prepares the F32 GGUF, runs both tools and prints the table.
+/// Types timed on the one-layer cut (llama-quantize is slow on them).
+const ONE_LAYER: [&str; 2] = ["IQ4_XS", "IQ4_NL"];
+
+/// Builds the release binary, prepares the F32 GGUFs, runs both tools and prints the table.
 pub fn run(reps: usize) -> Result<()> {
-    let root = crate::test::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--quiet", "--release", "--bin", "r1q"])
-        .current_dir(&root)
-        .status()
-        .context("building r1q")?;
-    if !status.success() {
-        bail!("cargo build --release --bin r1q failed");
-    }
-    let bin = root.join("target/release/r1q");
-    let Some(lq) = fixtures::support::peer_bin("llama-quantize") else {
-        bail!("the llama.cpp peer is not built: run `cargo xtask peer` first");
+    let bin = match std::env::var_os("R1Q_BENCH_R1Q") {
+        Some(other) => PathBuf::from(other),
+        None => bench_common::release_r1q()?,
     };
-    let work = root.join("target/bench-quantize");
-    std::fs::create_dir_all(&work)?;
-    let model = work.join("qwen2-bench");
-    let f32 = work.join("qwen2-bench.f32.gguf");
-    if !f32.is_file() {
-        let opts = fixtures::Options {
-            preset: fixtures::Preset::Bench,
-            ..fixtures::Options::default()
-        };
-        fixtures::write_fixture(fixtures::Arch::Qwen2, &model, &opts)?;
-        let res = Command::new(&bin)
-            .args(["convert", "--quiet", "--outtype", "f32", "-o"])
-            .arg(&f32)
-            .arg(&model)
-            .output()?;
-        if !res.status.success() {
-            bail!("r1q convert: {}", String::from_utf8_lossy(&res.stderr));
-        }
+    let lq = bench_common::peer("llama-quantize")?;
+    let work = bench_common::work_dir("bench-quantize")?;
+    let full = bench_common::bench_fixture_gguf(&bin, &work, fixtures::Arch::Qwen2, "f32")?;
+    let cut = work.join("qwen2-bench.layer0.f32.gguf");
+    if !cut.is_file() {
+        first_layer_only(&full, &cut)?;
     }
-    let input = formats::gguf::GgufFile::open(&f32)?;
-    let in_bytes: u64 = input.tensors().iter().map(|t| t.nbytes).sum();
-    drop(input);
+    let (full_bytes, cut_bytes) = (tensor_bytes(&full)?, tensor_bytes(&cut)?);
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ours, theirs) = (work.join("r1q.gguf"), work.join("llama.gguf"));
 
     println!(
-        "`quantize --pure` of the bench qwen2 fixture at f32 ({:.0} MB of tensors), best of {reps}; \
-         MB/s = f32 input bytes per wall second of the whole process.\n",
-        in_bytes as f64 / 1e6
+        "`quantize --pure` of the bench qwen2 fixture at f32 ({:.0} MB of tensors; {} on its \
+         first layer only, {:.0} MB), best of {reps}; MB/s = f32 input bytes per wall second of \
+         the whole process.\n",
+        full_bytes as f64 / 1e6,
+        ONE_LAYER.join(" and "),
+        cut_bytes as f64 / 1e6,
     );
     println!("| type | threads | r1q MB/s | llama-quantize MB/s | ratio | identical |");
     println!("|---|---:|---:|---:|---:|---|");
@@ -70,13 +62,18 @@ pub fn run(reps: usize) -> Result<()> {
         threads.push(all);
     }
     for ty in TYPES {
+        let (input, in_bytes) = if ONE_LAYER.contains(&ty) {
+            (&cut, cut_bytes)
+        } else {
+            (&full, full_bytes)
+        };
         for &t in &threads {
             let ts = t.to_string();
             let r = best(reps, || {
                 run_tool(
                     Command::new(&bin)
                         .args(["quantize", "--quiet", "--pure", "--threads", &ts])
-                        .arg(&f32)
+                        .arg(input)
                         .arg(&ours)
                         .arg(ty),
                 )
@@ -85,7 +82,7 @@ pub fn run(reps: usize) -> Result<()> {
                 run_tool(
                     Command::new(&lq)
                         .arg("--pure")
-                        .arg(&f32)
+                        .arg(input)
                         .arg(&theirs)
                         .arg(ty)
                         .arg(&ts),
@@ -108,6 +105,46 @@ pub fn run(reps: usize) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of tensor data in the GGUF at `path`.
+fn tensor_bytes(path: &Path) -> Result<u64> {
+    let f = GgufFile::open(path)?;
+    Ok(f.tensors().iter().map(|t| t.nbytes).sum())
+}
+
+/// Writes `src` cut to its first decoder layer as a valid one-layer model: every metadata key
+/// kept but `<arch>.block_count` = 1, every tensor kept but those of layers 1 and up.
+fn first_layer_only(src: &Path, dst: &Path) -> Result<()> {
+    let f = GgufFile::open(src)?;
+    let arch = f
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .context("no general.architecture")?;
+    let key = format!("{arch}.block_count");
+    let meta: Vec<(String, GgufValue)> = f
+        .metadata()
+        .iter()
+        .map(|(k, v)| match v {
+            GgufValue::U32(_) if *k == key => (k.clone(), GgufValue::U32(1)),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let keep: Vec<_> = f
+        .tensors()
+        .iter()
+        .filter(|t| !t.name.starts_with("blk.") || t.name.starts_with("blk.0."))
+        .collect();
+    let decls = keep
+        .iter()
+        .map(|t| TensorDecl::new(t.name.clone(), t.dims.clone(), t.ggml_type))
+        .collect();
+    let mut w = GgufWriter::create(dst, &meta, decls)?;
+    for t in keep {
+        w.write_tensor(f.tensor_data(t))?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
 fn run_tool(cmd: &mut Command) -> Result<()> {
     let res = cmd.output()?;
     if !res.status.success() {
@@ -118,16 +155,6 @@ fn run_tool(cmd: &mut Command) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn best(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    let mut best = Duration::MAX;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        f()?;
-        best = best.min(t.elapsed());
-    }
-    Ok(best)
 }
 
 fn same_file(a: &Path, b: &Path) -> Result<bool> {
