@@ -208,6 +208,37 @@ pub(crate) mod avx2 {
         _mm256_blendv_ps(a, b, mask)
     }
 
+    /// The largest of the 8 lanes of `m` (none of them NaN: then the order does not matter).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn hmax(m: __m256) -> f32 {
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps::<1>(h, h)))
+    }
+
+    /// The 32 values of a block as 32 bytes in element order, from four vectors of 8 i32 each
+    /// in [−128, 127] (`t[k]` holds elements 8k…8k+7): the saturating packs keep them exactly.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn pack_bytes(t: &[__m256i; 4]) -> __m256i {
+        // per 128-bit lane: [t0 t1 t2 t3] quarters interleave; restore element order
+        let b = _mm256_packs_epi16(
+            _mm256_packs_epi32(t[0], t[1]),
+            _mm256_packs_epi32(t[2], t[3]),
+        );
+        _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// C's `(int8_t)` of a 32-bit `cvttps2dq` result: its low byte, sign-extended (NaN and
+    /// out-of-range values convert to 0x8000_0000, whose low byte is 0, as with gcc's
+    /// `cvttss2si`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn low_byte_i8(c: __m256i) -> __m256i {
+        _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(c))
+    }
+
     /// [`crate::legacy::signed_absmax`] of one 32-value block: the magnitudes' maximum by
     /// `maxps` (which, like C's `amax < |v|`, keeps the running value when `|v|` is NaN), then
     /// the first element of that magnitude from the equality masks.
@@ -221,9 +252,7 @@ pub(crate) mod avx2 {
             *ak = _mm256_andnot_ps(sign, ld(x8.try_into().expect("8 values")));
             m = _mm256_max_ps(*ak, m);
         }
-        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps::<1>(h, h)));
+        let amax = hmax(m);
         if amax <= 0.0 {
             return 0.0;
         }
@@ -697,6 +726,20 @@ pub(crate) mod tests {
             out.push(v);
         }
         out
+    }
+
+    /// [`cases`] plus rows of the degenerate inputs the block codecs must survive like C does:
+    /// NaN among normals and subnormals, ±inf, blocks so small that 1/d overflows.
+    pub(crate) fn edge_cases(n: usize) -> Vec<Vec<f32>> {
+        let mut rows = cases(n);
+        rows.push(
+            (0..n)
+                .map(|i| [1.0, f32::NAN, -1.0, 1e-40][i % 4])
+                .collect(),
+        );
+        rows.push((0..n).map(|i| [f32::INFINITY, -2.0][i % 2]).collect());
+        rows.push((0..n).map(|i| (i % 3) as f32 * -1e-42).collect());
+        rows
     }
 
     fn check_qkx<const N: usize, const V: usize>(p: QkxParams, mad_weights: bool) {

@@ -109,7 +109,7 @@ impl Block for BlockQ4_0 {
 mod avx2 {
     use super::{BlockQ4_0, QK};
     use crate::cast::f32_to_f16_bits;
-    use crate::lanes::avx2::{ld, signed_absmax};
+    use crate::lanes::avx2::{ld, low_byte_i8, pack_bytes, signed_absmax};
     use std::arch::x86_64::*;
 
     /// [`super::quantize_scalar`] with AVX2: the same scale, the levels 8 per vector.
@@ -135,15 +135,9 @@ mod avx2 {
         for (tk, x8) in t.iter_mut().zip(x.chunks_exact(8)) {
             let v = ld(x8.try_into().expect("8 values"));
             let c = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, idv), half));
-            let s = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(c));
-            *tk = _mm256_min_epi32(s, _mm256_set1_epi32(15));
+            *tk = _mm256_min_epi32(low_byte_i8(c), _mm256_set1_epi32(15));
         }
-        // per 128-bit lane: [t0 t1 t2 t3] quarters interleave; restore element order
-        let b = _mm256_packs_epi16(
-            _mm256_packs_epi32(t[0], t[1]),
-            _mm256_packs_epi32(t[2], t[3]),
-        );
-        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let b = pack_bytes(&t);
         let (lo, hi) = (_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
         let q = _mm_or_si128(
             lo,
@@ -159,19 +153,11 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lanes::tests::cases;
+    use crate::lanes::tests::edge_cases;
 
     #[test]
     fn simd_blocks_match_scalar() {
-        let mut rows = cases(4 * QK);
-        rows.push(
-            (0..4 * QK)
-                .map(|i| [1.0, f32::NAN, -1.0, 1e-40][i % 4])
-                .collect(),
-        );
-        rows.push((0..4 * QK).map(|i| [f32::INFINITY, -2.0][i % 2]).collect());
-        rows.push((0..4 * QK).map(|i| (i % 3) as f32 * -1e-42).collect());
-        for x in rows {
+        for x in edge_cases(4 * QK) {
             for xb in x.chunks_exact(QK) {
                 let xb: &[f32; QK] = xb.try_into().unwrap();
                 assert_eq!(BlockQ4_0::quantize(xb), quantize_scalar(xb), "{xb:?}");
