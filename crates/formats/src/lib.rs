@@ -10,4 +10,5 @@ pub mod checkpoint;
 pub mod ggml_type;
 pub mod gguf;
 pub mod imatrix;
+pub mod pages;
 pub mod tokenizer_pre;

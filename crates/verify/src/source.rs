@@ -228,8 +228,11 @@ impl WeightSource for GgufSource {
         let n = usize::try_from(info.n_elements())
             .map_err(|_| self.data_error(name, info.ggml_type, "too many elements"))?;
         let mut out = vec![0f32; n];
-        quantize::dequantize_rows(info.ggml_type, self.file.tensor_data(info), &mut out)
+        let data = self.file.tensor_data(info);
+        quantize::dequantize_rows(info.ggml_type, data, &mut out)
             .map_err(|e| self.data_error(name, info.ggml_type, e))?;
+        // Layers are read once per pass: keep the mapped pages out of RSS (formats::pages).
+        formats::pages::release_pages(data);
         Ok(out)
     }
 
@@ -282,7 +285,9 @@ impl WeightSource for GgufSource {
             .tensor_data(info)
             .get(a * row_bytes..b * row_bytes)
             .ok_or_else(|| self.data_error(name, ty, "data shorter than its dims"))?;
-        quantize::dequantize_rows(ty, src, out).map_err(|e| self.data_error(name, ty, e))
+        quantize::dequantize_rows(ty, src, out).map_err(|e| self.data_error(name, ty, e))?;
+        formats::pages::release_pages(src);
+        Ok(())
     }
 
     fn raw(&self, name: &str) -> Option<crate::backend::RawTensor<'_>> {
