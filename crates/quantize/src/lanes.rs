@@ -494,6 +494,13 @@ pub(crate) mod avx2 {
                 max[v] = sel(max[v], xi, gt);
             }
         }
+        // C's `w*x[i]*l` is `(w·x)·l`: the first product is the same for every candidate.
+        let mut wx = [[zero; V]; N];
+        for i in 0..N {
+            for v in 0..V {
+                wx[i][v] = _mm256_mul_ps(ld(&wt[i][v]), ld(&xt[i][v]));
+            }
+        }
         // Sums of the levels for `iscale` (per lane), in index order.
         let sums = |iscale: &[__m256; V]| -> ([__m256; V], [__m256; V]) {
             let mut sumlx = [zero; V];
@@ -502,7 +509,7 @@ pub(crate) mod avx2 {
                 for v in 0..V {
                     let (xi, wi) = (ld(&xt[i][v]), ld(&wt[i][v]));
                     let lf = _mm256_cvtepi32_ps(level(iscale[v], xi));
-                    sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(_mm256_mul_ps(wi, xi), lf));
+                    sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
                     suml2[v] = _mm256_add_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(wi, lf), lf));
                 }
             }

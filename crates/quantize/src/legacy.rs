@@ -1,8 +1,13 @@
 //! Pieces shared by the legacy 32-element codecs Q4_0, Q4_1, Q5_0 and Q5_1 (REFERENCE §2.3,
-//! §2.6): the importance weights of their `*_impl` quantizers and the nibble / 5th-bit packing.
+//! §2.6): their `*_impl` quantizers (row σ², weights, and the scale searches run one block per
+//! AVX2 lane, 8 or 16 blocks at a time, through [`crate::lanes`]) and the nibble / 5th-bit
+//! packing.
 //!
 //! Why a file of its own: the four types differ only in level range and offset, and keeping the
 //! common steps here lets each type's file read like its C counterpart.
+
+use crate::lanes::{make_qkx_groups, make_qx_groups, QkxParams};
+use crate::search::{make_qkx3_quants, make_qx_quants};
 
 /// Elements per legacy block (`QK4_0` = `QK4_1` = `QK5_0` = `QK5_1`).
 pub(crate) const QK: usize = 32;
@@ -34,23 +39,119 @@ pub(crate) fn impl_weights(xb: &[f32], qw: &[f32], sigma2: f32) -> [f32; QK] {
     w
 }
 
-/// Runs `block(xb, weights)` for every block of a row with the `*_impl` weights, writing each
-/// result with `write`; the shape every legacy `quantize_row_weighted` shares.
+/// Most blocks the lane-parallel searches ([`crate::lanes`]) take at once: 2 vectors of 8
+/// lanes, one block per lane.
+const LANE_BLOCKS: usize = 16;
+
+/// Quantizes one row with the `*_impl` weights, a piece of blocks at a time: 16 while there are
+/// that many, then 8 if there are, then the rest, which is what the lane-parallel searches
+/// take (16 or 8 blocks; fewer go one at a time). `piece(x, w, out)` gets the piece's values,
+/// their weights and its bytes.
 #[inline]
-pub(crate) fn for_each_weighted_block<B: crate::block::Block>(
+fn weighted_row(
     x: &[f32],
     qw: &[f32],
     out: &mut [u8],
-    block: impl Fn(&[f32], &[f32; QK]) -> B,
+    block_bytes: usize,
+    mut piece: impl FnMut(&[f32], &[f32], &mut [u8]),
 ) {
     let sigma2 = row_sigma2(x);
-    for ((xb, wb), ob) in x
-        .chunks_exact(QK)
-        .zip(qw.chunks_exact(QK))
-        .zip(out.chunks_exact_mut(B::BYTES))
-    {
-        block(xb, &impl_weights(xb, wb, sigma2)).write(ob);
+    let mut w = [0f32; LANE_BLOCKS * QK];
+    let (mut at, blocks) = (0, x.len() / QK);
+    while at < blocks {
+        let k = match blocks - at {
+            r if r >= 16 => 16,
+            r if r >= 8 => 8,
+            r => r,
+        };
+        let (xc, qc) = (&x[at * QK..(at + k) * QK], &qw[at * QK..(at + k) * QK]);
+        for ((wb, xb), qb) in w
+            .chunks_exact_mut(QK)
+            .zip(xc.chunks_exact(QK))
+            .zip(qc.chunks_exact(QK))
+        {
+            wb.copy_from_slice(&impl_weights(xb, qb, sigma2));
+        }
+        piece(
+            xc,
+            &w[..k * QK],
+            &mut out[at * block_bytes..(at + k) * block_bytes],
+        );
+        at += k;
     }
+}
+
+/// Block `b` of a piece's values, weights or levels.
+#[inline]
+fn nth<T>(v: &[T], b: usize) -> &[T; QK] {
+    v[b * QK..(b + 1) * QK].try_into().expect("a whole block")
+}
+
+/// `quantize_row_q4_0_impl` / `quantize_row_q5_0_impl`: `make_qx_quants(32, nmax, x, L, 1, w)`
+/// per block (one block per AVX2 lane, 8 or 16 at a time), then `block(d, L)`.
+pub(crate) fn quantize_row_qx<B: crate::block::Block>(
+    x: &[f32],
+    qw: &[f32],
+    out: &mut [u8],
+    nmax: i32,
+    block: impl Fn(f32, &[i8; QK]) -> B,
+) {
+    weighted_row(x, qw, out, B::BYTES, |xc, w, oc| {
+        let (mut l, mut d) = ([0i8; LANE_BLOCKS * QK], [0f32; LANE_BLOCKS]);
+        match d.len().min(xc.len() / QK) {
+            16 => make_qx_groups::<QK, 2>(nmax, xc, w, &mut l, &mut d),
+            8 => make_qx_groups::<QK, 1>(nmax, xc, w, &mut l[..8 * QK], &mut d[..8]),
+            k => {
+                for b in 0..k {
+                    let lb = &mut l[b * QK..(b + 1) * QK];
+                    d[b] = make_qx_quants(nmax, nth(xc, b), lb, 1, Some(nth(w, b)));
+                }
+            }
+        }
+        for (b, ob) in oc.chunks_exact_mut(B::BYTES).enumerate() {
+            block(d[b], nth(&l, b)).write(ob);
+        }
+    });
+}
+
+/// `quantize_row_q4_1_impl` / `quantize_row_q5_1_impl`: `make_qkx3_quants(32, nmax, x, w, L,
+/// &the_min, Laux, −0.9, 0.05, 36, false)` per block (one block per AVX2 lane, 8 or 16 at a
+/// time), then `block(d, the_min, L)`.
+pub(crate) fn quantize_row_qkx<B: crate::block::Block>(
+    x: &[f32],
+    qw: &[f32],
+    out: &mut [u8],
+    nmax: i32,
+    block: impl Fn(f32, f32, &[u8; QK]) -> B,
+) {
+    let p = QkxParams {
+        nmax,
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+        use_mad: false,
+    };
+    weighted_row(x, qw, out, B::BYTES, |xc, w, oc| {
+        let mut l = [0u8; LANE_BLOCKS * QK];
+        let (mut d, mut m) = ([0f32; LANE_BLOCKS], [0f32; LANE_BLOCKS]);
+        match d.len().min(xc.len() / QK) {
+            16 => make_qkx_groups::<QK, 2>(p, xc, w, &mut l, &mut d, &mut m),
+            8 => make_qkx_groups::<QK, 1>(p, xc, w, &mut l[..8 * QK], &mut d[..8], &mut m[..8]),
+            k => {
+                let mut aux = [0u8; QK];
+                for b in 0..k {
+                    let lb = &mut l[b * QK..(b + 1) * QK];
+                    let (xb, wb) = (nth(xc, b), Some(&nth(w, b)[..]));
+                    (d[b], m[b]) = make_qkx3_quants(
+                        nmax, xb, wb, lb, &mut aux, p.rmin, p.rdelta, p.nstep, p.use_mad,
+                    );
+                }
+            }
+        }
+        for (b, ob) in oc.chunks_exact_mut(B::BYTES).enumerate() {
+            block(d[b], m[b], nth(&l, b)).write(ob);
+        }
+    });
 }
 
 /// Packs 32 levels (< 16 in their low nibble) as ggml does: byte j = L[j] | L[j+16] << 4.
@@ -192,6 +293,85 @@ mod tests {
         }
         let long: [f32; QK] = std::array::from_fn(|i| ((i * 7919 % 31) as f32 - 15.0) * 0.1);
         assert_eq!(signed_absmax(&long).to_bits(), c_loop(&long).to_bits());
+    }
+
+    /// Rows of `blocks` blocks from [`crate::lanes::tests::cases`] (zeros, constants, ties,
+    /// outliers, tiny and huge magnitudes) with uneven importance weights.
+    fn weighted_cases(blocks: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        crate::lanes::tests::cases(blocks * QK)
+            .into_iter()
+            .map(|x| {
+                let qw = (0..x.len()).map(|i| (i % 7) as f32 * 0.3).collect();
+                (x, qw)
+            })
+            .collect()
+    }
+
+    /// Every piece size of `weighted_row` (16, 8, fewer) and their mixes.
+    const BLOCK_COUNTS: [usize; 7] = [1, 7, 8, 9, 16, 27, 43];
+
+    #[test]
+    fn lane_rows_match_the_block_by_block_scalar_searches() {
+        use crate::q4_0::BlockQ4_0;
+        use std::cell::RefCell;
+        let dummy = || BlockQ4_0 {
+            d: 0,
+            qs: [0; QK / 2],
+        };
+        for blocks in BLOCK_COUNTS {
+            for (x, qw) in weighted_cases(blocks) {
+                let sigma2 = row_sigma2(&x);
+                let weights = || {
+                    x.chunks_exact(QK)
+                        .zip(qw.chunks_exact(QK))
+                        .map(|(xb, qb)| (xb, impl_weights(xb, qb, sigma2)))
+                };
+                let mut out = vec![0u8; blocks * 18];
+                for nmax in [8, 16] {
+                    let got = RefCell::new(Vec::new());
+                    quantize_row_qx(&x, &qw, &mut out, nmax, |d, l| {
+                        got.borrow_mut().push((d.to_bits(), *l));
+                        dummy()
+                    });
+                    let want: Vec<_> = weights()
+                        .map(|(xb, w)| {
+                            let mut l = [0i8; QK];
+                            let d = make_qx_quants(nmax, xb, &mut l, 1, Some(&w));
+                            (d.to_bits(), l)
+                        })
+                        .collect();
+                    assert!(got.into_inner() == want, "qx: {blocks} blocks, nmax {nmax}");
+                }
+                for nmax in [15, 31] {
+                    let got = RefCell::new(Vec::new());
+                    quantize_row_qkx(&x, &qw, &mut out, nmax, |d, m, l| {
+                        got.borrow_mut().push((d.to_bits(), m.to_bits(), *l));
+                        dummy()
+                    });
+                    let want: Vec<_> = weights()
+                        .map(|(xb, w)| {
+                            let (mut l, mut aux) = ([0u8; QK], [0u8; QK]);
+                            let (d, m) = make_qkx3_quants(
+                                nmax,
+                                xb,
+                                Some(&w),
+                                &mut l,
+                                &mut aux,
+                                -0.9,
+                                0.05,
+                                36,
+                                false,
+                            );
+                            (d.to_bits(), m.to_bits(), l)
+                        })
+                        .collect();
+                    assert!(
+                        got.into_inner() == want,
+                        "qkx: {blocks} blocks, nmax {nmax}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

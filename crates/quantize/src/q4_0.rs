@@ -9,10 +9,9 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::legacy::{
-    block32, for_each_weighted_block, le_bytes, le_u16, pack_nibbles, put, signed_absmax, unpack,
-    QK,
+    block32, le_bytes, le_u16, pack_nibbles, put, quantize_row_qx, signed_absmax, unpack, QK,
 };
-use crate::search::{c_trunc_u8, make_qx_quants};
+use crate::search::c_trunc_u8;
 use formats::ggml_type::GgmlType;
 
 /// `block_q4_0`: `ggml_half d; uint8_t qs[QK4_0/2];`.
@@ -32,17 +31,10 @@ impl BlockQ4_0 {
     /// row's bytes), as `quantize_row_*_impl`: the weights depend on σ² of the whole row, which
     /// is why this works on rows rather than blocks.
     pub(crate) fn quantize_row_imatrix(x: &[f32], qw: &[f32], out: &mut [u8]) {
-        for_each_weighted_block(x, qw, out, Self::quantize_impl);
-    }
-
-    /// One block of `quantize_row_q4_0_impl` given its weights.
-    fn quantize_impl(xb: &[f32], w: &[f32; QK]) -> Self {
-        let mut l = [0i8; QK];
-        let d = make_qx_quants(8, xb, &mut l, 1, Some(w));
-        BlockQ4_0 {
+        quantize_row_qx(x, qw, out, 8, |d, l| BlockQ4_0 {
             d: f32_to_f16_bits(d),
             qs: pack_nibbles(&l.map(|v| v as u8)),
-        }
+        });
     }
 }
 

@@ -7,8 +7,8 @@
 
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
-use crate::legacy::{for_each_weighted_block, le_bytes, le_u16, pack_nibbles, put, unpack, QK};
-use crate::search::{c_trunc_u8, make_qkx3_quants};
+use crate::legacy::{le_bytes, le_u16, pack_nibbles, put, quantize_row_qkx, unpack, QK};
+use crate::search::c_trunc_u8;
 use formats::ggml_type::GgmlType;
 
 /// `block_q4_1`: `ggml_half d; ggml_half m; uint8_t qs[QK4_1/2];`.
@@ -30,19 +30,11 @@ impl BlockQ4_1 {
     /// row's bytes), as `quantize_row_*_impl`: the weights depend on σ² of the whole row, which
     /// is why this works on rows rather than blocks.
     pub(crate) fn quantize_row_imatrix(x: &[f32], qw: &[f32], out: &mut [u8]) {
-        for_each_weighted_block(x, qw, out, Self::quantize_impl);
-    }
-
-    /// One block of `quantize_row_q4_1_impl` given its weights.
-    fn quantize_impl(xb: &[f32], w: &[f32; QK]) -> Self {
-        let (mut l, mut aux) = ([0u8; QK], [0u8; QK]);
-        let (d, the_min) =
-            make_qkx3_quants(15, xb, Some(w), &mut l, &mut aux, -0.9, 0.05, 36, false);
-        BlockQ4_1 {
+        quantize_row_qkx(x, qw, out, 15, |d, the_min, l| BlockQ4_1 {
             d: f32_to_f16_bits(d),
             m: f32_to_f16_bits(-the_min),
-            qs: pack_nibbles(&l),
-        }
+            qs: pack_nibbles(l),
+        });
     }
 }
 

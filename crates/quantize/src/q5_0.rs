@@ -8,10 +8,10 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::legacy::{
-    block32, for_each_weighted_block, le_bytes, le_u16, le_u32, pack_high_bits, pack_nibbles, put,
+    block32, le_bytes, le_u16, le_u32, pack_high_bits, pack_nibbles, put, quantize_row_qx,
     signed_absmax, unpack, QK,
 };
-use crate::search::{c_trunc_u8, make_qx_quants};
+use crate::search::c_trunc_u8;
 use formats::ggml_type::GgmlType;
 
 /// `block_q5_0`: `ggml_half d; uint8_t qh[4]; uint8_t qs[QK5_0/2];`.
@@ -33,14 +33,7 @@ impl BlockQ5_0 {
     /// row's bytes), as `quantize_row_*_impl`: the weights depend on σ² of the whole row, which
     /// is why this works on rows rather than blocks.
     pub(crate) fn quantize_row_imatrix(x: &[f32], qw: &[f32], out: &mut [u8]) {
-        for_each_weighted_block(x, qw, out, Self::quantize_impl);
-    }
-
-    /// One block of `quantize_row_q5_0_impl` given its weights.
-    fn quantize_impl(xb: &[f32], w: &[f32; QK]) -> Self {
-        let mut l = [0i8; QK];
-        let d = make_qx_quants(16, xb, &mut l, 1, Some(w));
-        Self::pack(d, &l.map(|v| v as u8))
+        quantize_row_qx(x, qw, out, 16, |d, l| Self::pack(d, &l.map(|v| v as u8)));
     }
 
     fn pack(d: f32, l: &[u8; QK]) -> Self {

@@ -8,10 +8,9 @@
 use crate::block::Block;
 use crate::cast::f32_to_f16_bits;
 use crate::legacy::{
-    for_each_weighted_block, le_bytes, le_u16, le_u32, pack_high_bits, pack_nibbles, put, unpack,
-    QK,
+    le_bytes, le_u16, le_u32, pack_high_bits, pack_nibbles, put, quantize_row_qkx, unpack, QK,
 };
-use crate::search::{c_trunc_u8, make_qkx3_quants};
+use crate::search::c_trunc_u8;
 use formats::ggml_type::GgmlType;
 
 /// `block_q5_1`: `ggml_half d; ggml_half m; uint8_t qh[4]; uint8_t qs[QK5_1/2];`.
@@ -35,15 +34,7 @@ impl BlockQ5_1 {
     /// row's bytes), as `quantize_row_*_impl`: the weights depend on σ² of the whole row, which
     /// is why this works on rows rather than blocks.
     pub(crate) fn quantize_row_imatrix(x: &[f32], qw: &[f32], out: &mut [u8]) {
-        for_each_weighted_block(x, qw, out, Self::quantize_impl);
-    }
-
-    /// One block of `quantize_row_q5_1_impl` given its weights.
-    fn quantize_impl(xb: &[f32], w: &[f32; QK]) -> Self {
-        let (mut l, mut aux) = ([0u8; QK], [0u8; QK]);
-        let (d, the_min) =
-            make_qkx3_quants(31, xb, Some(w), &mut l, &mut aux, -0.9, 0.05, 36, false);
-        Self::pack(d, -the_min, &l)
+        quantize_row_qkx(x, qw, out, 31, |d, the_min, l| Self::pack(d, -the_min, l));
     }
 
     fn pack(d: f32, m: f32, l: &[u8; QK]) -> Self {
