@@ -220,9 +220,53 @@ fn llama_plan() {
             !kv.keys().any(|k| k.starts_with("llama.rope.scaling")),
             "llama3 writes no scaling keys"
         );
+        // key_length/value_length = head_dim, as transformers' LlamaConfig fills it in.
+        let hd = (cu(&c, "hidden_size") / cu(&c, "num_attention_heads")) as u32;
+        assert_eq!(kv["llama.attention.key_length"], GgufValue::U32(hd));
+        assert_eq!(kv["llama.attention.value_length"], GgufValue::U32(hd));
         let arch_keys = kv.keys().filter(|k| k.starts_with("llama.")).count();
-        assert_eq!(arch_keys, 10);
+        assert_eq!(arch_keys, 12);
     }
+}
+
+#[test]
+fn sampling_keys_follow_generation_config() {
+    let (_tmp, dir) = fixture(fixtures::Arch::Qwen2);
+    let gen = dir.join("generation_config.json");
+    std::fs::write(
+        &gen,
+        r#"{"temperature": 0.7, "top_k": 40, "top_p": null, "repetition_penalty": 1.1,
+            "mirostat": 2.5, "sequence": "top_k;temperature"}"#,
+    )
+    .unwrap();
+    let plan = plan_dir(&dir, GgmlType::F16).unwrap();
+    let sampling: Vec<_> = plan
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("general.sampling."))
+        .cloned()
+        .collect();
+    // gguf-py's order; null and a float where an int belongs give no key.
+    let want = [
+        ("sequence", GgufValue::String("top_k;temperature".into())),
+        ("top_k", GgufValue::I32(40)),
+        ("temp", GgufValue::F32(0.7)),
+        ("penalty_repeat", GgufValue::F32(1.1)),
+    ]
+    .map(|(k, v)| (format!("general.sampling.{k}"), v));
+    assert_eq!(sampling, want);
+    std::fs::write(&gen, "not json").unwrap();
+    let plan = plan_dir(&dir, GgmlType::F16).unwrap();
+    assert!(!plan
+        .metadata
+        .iter()
+        .any(|(k, _)| k.starts_with("general.sampling.")));
+    std::fs::remove_file(&gen).unwrap();
+    let plan = plan_dir(&dir, GgmlType::F16).unwrap();
+    assert!(!plan
+        .metadata
+        .iter()
+        .any(|(k, _)| k.starts_with("general.sampling.")));
 }
 
 #[test]

@@ -78,6 +78,66 @@ pub fn header(arch: &str, name: &str, size_label: Option<String>) -> Vec<(String
     kv
 }
 
+/// `general.sampling.*` from `generation_config.json` in `dir`, as gguf-py's `Metadata.load` +
+/// `set_gguf_meta_model` write them (in that order, between `general.type` and `general.name`):
+/// llama.cpp's `common` takes them as the default sampling parameters (R1's recommended
+/// temperature 0.6 and top_p 0.95). A missing or unparsable file, a null, or a value of the wrong
+/// JSON kind gives no key, as the Python converter writes none for a missing or invalid file.
+pub fn sampling(dir: &Path) -> Vec<(String, GgufValue)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(cfg)) = serde_json::from_str::<serde_json::Value>(&text)
+    else {
+        return Vec::new();
+    };
+    enum Kind {
+        Str,
+        I32,
+        F32,
+    }
+    // (gguf key suffix, generation_config.json fields in order of preference, value kind)
+    const KEYS: [(&str, &[&str], Kind); 12] = [
+        ("sequence", &["sequence"], Kind::Str),
+        ("top_k", &["top_k"], Kind::I32),
+        ("top_p", &["top_p"], Kind::F32),
+        ("min_p", &["min_p"], Kind::F32),
+        ("xtc_probability", &["xtc_probability"], Kind::F32),
+        ("xtc_threshold", &["xtc_threshold"], Kind::F32),
+        ("temp", &["temperature"], Kind::F32),
+        ("penalty_last_n", &["penalty_last_n"], Kind::I32),
+        (
+            "penalty_repeat",
+            &["penalty_repeat", "repetition_penalty"],
+            Kind::F32,
+        ),
+        ("mirostat", &["mirostat"], Kind::I32),
+        ("mirostat_tau", &["mirostat_tau"], Kind::F32),
+        ("mirostat_eta", &["mirostat_eta"], Kind::F32),
+    ];
+    let mut kv = Vec::new();
+    for (suffix, fields, kind) in &KEYS {
+        let Some(v) = fields
+            .iter()
+            .find_map(|f| cfg.get(*f).filter(|v| !v.is_null()))
+        else {
+            continue;
+        };
+        let value = match kind {
+            Kind::Str => v.as_str().map(|s| GgufValue::String(s.to_string())),
+            Kind::I32 => v
+                .as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .map(GgufValue::I32),
+            Kind::F32 => v.as_f64().map(|f| GgufValue::F32(f as f32)),
+        };
+        if let Some(value) = value {
+            kv.push((format!("general.sampling.{suffix}"), value));
+        }
+    }
+    kv
+}
+
 /// r1q's trailer: `r1q.version`, `r1q.source.path`, `r1q.source.model_type`, and
 /// `r1q.source.mtp_tensors_skipped` (u32) when MTP tensors were dropped, so `inspect` on the
 /// GGUF can say what was left out.

@@ -95,7 +95,9 @@ pub(crate) fn map(c: &LlamaConfig, ctx: &mut Ctx<'_>) -> Result<ArchPlan> {
             rope_theta: c.rope_theta,
             rms_norm_eps: c.rms_norm_eps,
             experts: None,
-            head_dim: c.head_dim,
+            // transformers' LlamaConfig fills `head_dim` (hidden/heads) when config.json lacks
+            // it, so the Python converter always writes key_length/value_length for llama.
+            head_dim: Some(hd),
         },
         ctx.outtype(),
     )?;

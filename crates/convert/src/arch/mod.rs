@@ -83,6 +83,13 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
         .position(|(k, _)| k.starts_with(general::R1Q_PREFIX))
         .unwrap_or(plan.metadata.len());
     plan.metadata.splice(at..at, tokenizer);
+    // Sampling defaults go where gguf-py writes them: after `general.type`, before `general.name`.
+    let at = plan
+        .metadata
+        .iter()
+        .position(|(k, _)| k == "general.name")
+        .unwrap_or(0);
+    plan.metadata.splice(at..at, general::sampling(&dir));
     Ok(plan)
 }
 

@@ -177,6 +177,16 @@ pub fn check_general(plan: &Plan, dir: &Path, model_type: &str, outtype: GgmlTyp
     assert_eq!(kv["r1q.version"], s(env!("CARGO_PKG_VERSION")));
     assert_eq!(kv["r1q.source.path"], s(&dir.display().to_string()));
     assert_eq!(kv["r1q.source.model_type"], s(model_type));
+    // Every fixture's generation_config.json has R1's temperature 0.6 and top_p 0.95; gguf-py
+    // writes them between general.type and general.name.
+    assert_eq!(kv["general.sampling.temp"], GgufValue::F32(0.6));
+    assert_eq!(kv["general.sampling.top_p"], GgufValue::F32(0.95));
+    let keys: Vec<&str> = plan.metadata.iter().map(|(k, _)| k.as_str()).collect();
+    let at = |k: &str| keys.iter().position(|x| *x == k).expect(k);
+    assert_eq!(
+        &keys[at("general.type") + 1..at("general.name")],
+        ["general.sampling.top_p", "general.sampling.temp"]
+    );
 }
 
 /// One tensor in a hand-written safetensors file.
