@@ -27,6 +27,17 @@ pub const XTASK: &str = "xtask";
 pub const TEXT: &str = "wiki-eval.txt";
 /// The entry point on the GPU machine.
 pub const RUN_SH: &str = "run.sh";
+/// The cargo arguments that build (and, followed by `--` and filters, run) the `verify` unit
+/// tests with the CUDA backend, whose `gpu_` tests need a GPU.
+pub const KERNEL_TESTS_CARGO: [&str; 7] = [
+    "test",
+    "--release",
+    "-p",
+    "verify",
+    "--features",
+    "cuda",
+    "--lib",
+];
 
 /// Builds the binaries and writes the bundle into `dir` (replacing an earlier one).
 pub fn make(dir: &Path) -> Result<()> {
@@ -94,17 +105,8 @@ exec "$B/xtask" gpu-check --prebuilt "$B" "$@"
 fn test_binary(root: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "verify",
-            "--features",
-            "cuda",
-            "--lib",
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(KERNEL_TESTS_CARGO)
+        .args(["--no-run", "--message-format=json"])
         .current_dir(root)
         .output()
         .with_context(|| format!("starting {cargo}"))?;

@@ -140,16 +140,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(b) => Command::new(b.join(gpu_bundle::KERNEL_TESTS)),
         None => {
             let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            c.current_dir(&root).args([
-                "test",
-                "--release",
-                "-p",
-                "verify",
-                "--features",
-                "cuda",
-                "--lib",
-                "--",
-            ]);
+            c.current_dir(&root)
+                .args(gpu_bundle::KERNEL_TESTS_CARGO)
+                .arg("--");
             c
         }
     };
