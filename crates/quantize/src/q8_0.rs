@@ -29,6 +29,26 @@ pub(crate) struct BlockQ8_0 {
 // Same size as the C struct (2 + 32 bytes, no padding because the alignment is 2).
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
+impl BlockQ8_0 {
+    /// Quantizes whole blocks of `src` into `dst` (`Block::BYTES` each; sizes checked by the
+    /// caller). Exists so the AVX2 path runs a whole piece in one function, without a runtime
+    /// check and a call per 32 values.
+    pub(crate) fn quantize_blocks(src: &[f32], dst: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::lanes::simd_enabled() {
+            // SAFETY: AVX2 is available (checked at run time just above).
+            unsafe { avx2::quantize_blocks(src, dst) };
+            return;
+        }
+        for (x, out) in src
+            .chunks_exact(QK8_0)
+            .zip(dst.chunks_exact_mut(Self::BYTES))
+        {
+            quantize_scalar(x.try_into().expect("a whole block")).write(out);
+        }
+    }
+}
+
 impl Block for BlockQ8_0 {
     const TYPE: GgmlType = GgmlType::Q8_0;
     const ELEMS: usize = QK8_0;
@@ -109,12 +129,22 @@ fn roundf_to_i8(v: f32) -> i8 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BlockQ8_0, QK8_0};
+    use crate::block::Block;
     use crate::lanes::avx2::{hmax, ld, low_byte_i8, pack_bytes};
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// [`super::BlockQ8_0::quantize_blocks`]: [`quantize`] per block, written in place.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn quantize_blocks(src: &[f32], dst: &mut [u8]) {
+        for (x, out) in src.chunks_exact(QK8_0).zip(dst.chunks_exact_mut(34)) {
+            quantize(x.try_into().expect("a whole block")).write(out);
+        }
+    }
+
     /// [`super::quantize_scalar`] with AVX2: the same maximum (`maxps` keeps the running value
     /// when |v| is NaN, as `f32::max` does), scale and levels, 8 values per vector.
+    #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn quantize(x: &[f32; QK8_0]) -> BlockQ8_0 {
         let sign = _mm256_set1_ps(-0.0);
@@ -228,6 +258,12 @@ mod tests {
         );
         rows.push((0..4 * QK8_0).map(|i| (i % 5) as f32 * 1e-38).collect());
         for x in rows {
+            let mut row = vec![0u8; x.len() / QK8_0 * 34];
+            BlockQ8_0::quantize_blocks(&x, &mut row);
+            for (xb, ob) in x.chunks_exact(QK8_0).zip(row.chunks_exact(34)) {
+                let xb: &[f32; QK8_0] = xb.try_into().unwrap();
+                assert_eq!(BlockQ8_0::read(ob), quantize_scalar(xb), "{xb:?}");
+            }
             for xb in x.chunks_exact(QK8_0) {
                 let xb: &[f32; QK8_0] = xb.try_into().unwrap();
                 assert_eq!(BlockQ8_0::quantize(xb), quantize_scalar(xb), "{xb:?}");

@@ -109,7 +109,7 @@ pub fn quantize_rows(
         GgmlType::F32 => cast::quantize_f32(s, d),
         GgmlType::F16 => cast::quantize_f16(s, d),
         GgmlType::BF16 => cast::quantize_bf16(s, d),
-        t if t == BlockQ8_0::TYPE => quantize_blocks::<BlockQ8_0>(s, d),
+        t if t == BlockQ8_0::TYPE => BlockQ8_0::quantize_blocks(s, d),
         // K-quants: `quantize_row_qN_K_ref` without an imatrix, `quantize_row_qN_K_impl` with.
         GgmlType::Q2_K => match imatrix {
             None => quantize_blocks::<BlockQ2K>(s, d),
