@@ -6,6 +6,11 @@
 //! under `~/.cache/r1q/peer/`, see `cargo xtask peer`), then runs `cargo test` over the workspace
 //! with `R1Q_PYTHON` and `R1Q_PEER_BIN` pointing at them. Under CI (`CI` set) it also sets `R1Q_REQUIRE_PEERS=1`, which turns every "skipped:
 //! peer missing" into a failure, so CI cannot pass by skipping.
+//!
+//! Last, the CUDA kernels' source goes through NVRTC (`cuda::tests::nvrtc_compiles_every_kernel`,
+//! built with `--features cuda`): NVRTC needs no GPU, and NVIDIA's `nvidia-cuda-nvrtc` wheel in
+//! the venv provides `libnvrtc.so`, so a kernel NVRTC rejects fails here instead of on the first
+//! GPU machine.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -17,6 +22,8 @@ const PY_REQUIREMENTS: &[&str] = &[
     "huggingface_hub==2.4.0",
     "numpy==2.4.6",
     "tokenizers==0.23.3",
+    // libnvrtc.so (CUDA 13) for compiling the CUDA kernels without a GPU.
+    "nvidia-cuda-nvrtc==13.5.37",
 ];
 
 /// Arguments of `cargo xtask test`.
@@ -45,7 +52,46 @@ pub fn run(args: Args) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
+    if args.cargo_args.is_empty() {
+        nvrtc_test(&root)?;
+    }
     Ok(())
+}
+
+/// The NVRTC compile test of the CUDA kernels, with the venv's `libnvrtc.so` on the loader path.
+fn nvrtc_test(root: &Path) -> Result<()> {
+    let lib = nvrtc_lib_dir(&root.join("target/venv"));
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).args([
+        "test",
+        "-p",
+        "verify",
+        "--features",
+        "cuda",
+        "--lib",
+        "nvrtc_",
+    ]);
+    if let Some(lib) = &lib {
+        let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+        cmd.env("LD_LIBRARY_PATH", format!("{}:{old}", lib.display()));
+    }
+    if std::env::var_os("CI").is_some() {
+        cmd.env("R1Q_REQUIRE_NVRTC", "1");
+    }
+    let status = cmd.status().context("running the NVRTC test")?;
+    if !status.success() {
+        bail!("the NVRTC compile test of the CUDA kernels failed ({status})");
+    }
+    Ok(())
+}
+
+/// `site-packages/nvidia/cu13/lib` of the venv (the `nvidia-cuda-nvrtc` wheel's library folder).
+fn nvrtc_lib_dir(venv: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/nvidia/cu13/lib"))
+        .find(|p| p.join("libnvrtc.so.13").exists())
 }
 
 /// The workspace root: the parent of this crate's directory.

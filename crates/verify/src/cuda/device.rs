@@ -138,23 +138,12 @@ impl CudaBackend {
             CudaContext::new(ordinal).map_err(|e| init(format!("creating a context: {e}")))?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| init(format!("cuBLAS: {e}")))?;
-        let opts = CompileOptions {
-            // Separate multiplies and adds, as the CPU reference rounds them.
-            fmad: Some(false),
-            name: Some("r1q_dequant.cu".into()),
-            ..CompileOptions::default()
-        };
-        let ptx = compile_ptx_with_opts(kernels::SOURCE, opts)
-            .map_err(|e| init(format!("NVRTC compiling the dequantization kernels: {e}")))?;
+        let ptx = compile_kernels().map_err(init)?;
         let module = ctx
             .load_module(ptx)
             .map_err(|e| init(format!("loading the kernels: {e}")))?;
         let mut functions = HashMap::new();
-        for name in KERNELS.iter().map(|k| k.kernel).chain([
-            FP8_KERNEL,
-            SWIGLU_KERNEL,
-            CAUSAL_SOFTMAX_KERNEL,
-        ]) {
+        for name in kernel_names() {
             let f = module
                 .load_function(name)
                 .map_err(|e| init(format!("kernel {name}: {e}")))?;
@@ -801,6 +790,28 @@ impl Backend for CudaBackend {
             None => Ok(()),
         }
     }
+}
+
+/// Every kernel the backend loads from [`kernels::SOURCE`].
+pub(crate) fn kernel_names() -> impl Iterator<Item = &'static str> {
+    KERNELS
+        .iter()
+        .map(|k| k.kernel)
+        .chain([FP8_KERNEL, SWIGLU_KERNEL, CAUSAL_SOFTMAX_KERNEL])
+}
+
+/// [`kernels::SOURCE`] compiled to PTX by NVRTC, with the options the backend uses. NVRTC runs
+/// on the host and needs no GPU or driver, so this is also tested where only `libnvrtc` is
+/// present (`cuda::tests::nvrtc_compiles_every_kernel`).
+pub(crate) fn compile_kernels() -> Result<cudarc::nvrtc::Ptx, String> {
+    let opts = CompileOptions {
+        // Separate multiplies and adds, as the CPU reference rounds them.
+        fmad: Some(false),
+        name: Some("r1q_dequant.cu".into()),
+        ..CompileOptions::default()
+    };
+    compile_ptx_with_opts(kernels::SOURCE, opts)
+        .map_err(|e| format!("NVRTC compiling the kernels: {e}"))
 }
 
 /// Whether the device has a kernel for `raw` (otherwise the CPU reference is used, silently).

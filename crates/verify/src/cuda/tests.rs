@@ -796,3 +796,30 @@ fn gpu_head_matmul_matches_cpu() {
         backend.end_layer().expect("no device error");
     }
 }
+
+/// NVRTC (which needs no GPU: pip's `nvidia-cuda-nvrtc` wheel is enough, and `cargo xtask test`
+/// provides it) accepts the kernel source with the backend's options, and the PTX defines every
+/// kernel the backend loads. Without this, a source NVRTC rejects would only show on a GPU
+/// machine, as `--device cuda` failing to open. Skips when `libnvrtc` cannot be loaded, unless
+/// `R1Q_REQUIRE_NVRTC` is set (CI sets it).
+#[cfg(feature = "cuda")]
+#[test]
+fn nvrtc_compiles_every_kernel() {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        assert!(
+            std::env::var_os("R1Q_REQUIRE_NVRTC").is_none(),
+            "R1Q_REQUIRE_NVRTC is set but libnvrtc.so cannot be loaded (LD_LIBRARY_PATH?)"
+        );
+        eprintln!("SKIP nvrtc test: libnvrtc.so not found");
+        return;
+    }
+    let ptx = super::device::compile_kernels().unwrap_or_else(|e| panic!("{e}"));
+    let text = ptx.to_src();
+    for name in super::device::kernel_names() {
+        assert!(
+            text.contains(&format!(".entry {name}(")),
+            "kernel {name} missing from the PTX"
+        );
+    }
+}
