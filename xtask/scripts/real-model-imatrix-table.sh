@@ -20,5 +20,5 @@ for t in Q4_K_M Q3_K_M Q2_K IQ4_XS; do
   [ -f $t.llama.gguf ] || $R quantize --quiet --imatrix llama.imatrix.gguf f32.gguf $t.llama.gguf $t
   Q+=($t.none.gguf $t.r1q.gguf $t.llama.gguf)
 done
-$R verify f32.gguf "${Q[@]}" -f $D/wiki-eval.txt -c 512 --chunks 6 > table.txt 2> verify.log
+$R verify f32.gguf "${Q[@]}" -f $D/wiki-eval.txt -c 512 --chunks 24 > table.txt 2> verify.log
 cat table.txt
