@@ -16,7 +16,7 @@ use ::verify::backend::RawTensor;
 use ::verify::error::{Result as VResult, VerifyError};
 use ::verify::tokenize::Tokenizer;
 use ::verify::{GgufSource, WeightSource};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use convert::tensors::{HfTensors, StoredTensor};
 use formats::checkpoint::dtype::Dtype;
 use formats::ggml_type::GgmlType;
@@ -250,6 +250,28 @@ impl Model {
     /// Bits per weight of the file the user named.
     pub fn bits_per_weight(&self) -> f64 {
         8.0 * self.size_bytes as f64 / self.n_params.max(1) as f64
+    }
+
+    /// The BOS id llama.cpp's chunked scoring (perplexity, imatrix) puts at each chunk's start,
+    /// after checking that the vocabulary fits the engine's `n_vocab` logits and does not append
+    /// EOS (which llama-perplexity and llama-imatrix refuse; `tool` names the one whose rule it is).
+    pub fn scoring_bos(&self, n_vocab: usize, tool: &str) -> Result<Option<u32>> {
+        let tok = &self.tokenizer;
+        if tok.n_vocab() != n_vocab {
+            bail!(
+                "{}: the vocabulary has {} tokens but the model {} logits",
+                self.path.display(),
+                tok.n_vocab(),
+                n_vocab
+            );
+        }
+        if tok.add_eos() {
+            bail!(
+                "{}: the vocabulary appends EOS; {tool} refuses such models too",
+                self.path.display()
+            );
+        }
+        Ok(if tok.add_bos() { tok.bos() } else { None })
     }
 
     /// The file name for tables.

@@ -164,22 +164,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let engine = Engine::new_with_device(&model.source, device)?;
     let tok = &model.tokenizer;
-    let n_vocab = engine.config().n_vocab;
-    if tok.n_vocab() != n_vocab {
-        bail!(
-            "{}: the vocabulary has {} tokens but the model {} logits",
-            model.path.display(),
-            tok.n_vocab(),
-            n_vocab
-        );
-    }
-    if tok.add_eos() {
-        bail!(
-            "{}: the vocabulary appends EOS; llama-imatrix refuses such models too",
-            model.path.display()
-        );
-    }
-    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let bos = model.scoring_bos(engine.config().n_vocab, "llama-imatrix")?;
     let text = read_text(text_path)?;
     let tokens = tok.encode(&text, true)?;
     let plan = ImatrixPlan::new(&tokens, ctx_size, args.chunks, args.from_chunk, bos)

@@ -73,21 +73,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let n_vocab = engine.config().n_vocab;
     let tok = &model.tokenizer;
-    if tok.n_vocab() != n_vocab {
-        bail!(
-            "{}: the vocabulary has {} tokens but the model {} logits",
-            model.path.display(),
-            tok.n_vocab(),
-            n_vocab
-        );
-    }
-    if tok.add_eos() {
-        bail!(
-            "{}: the vocabulary appends EOS; perplexity cannot be measured like llama.cpp",
-            model.path.display()
-        );
-    }
-    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let bos = model.scoring_bos(n_vocab, "llama-perplexity")?;
     let compare = args.kl_divergence_base.is_some() && !args.save;
 
     let mut reader = None;
