@@ -76,3 +76,47 @@ pub fn chunks_from_env(var: &str, default: usize) -> usize {
         .filter(|&n| n > 0)
         .unwrap_or(default)
 }
+
+/// One model a bench measures: a bench-fixture GGUF or the real model.
+pub struct Case {
+    /// Row label.
+    pub label: String,
+    /// The GGUF both tools read.
+    pub gguf: PathBuf,
+    /// Chunks per run.
+    pub chunks: usize,
+    /// Repetitions (best kept).
+    pub reps: usize,
+}
+
+/// The cases of a peer bench: `arch`'s bench fixture as F32 and Q8_0 (`fixture_chunks`, `reps`
+/// repetitions), then the real model when it is present (`real_chunks`, overridable by
+/// `chunks_var`; one repetition: minutes per run on 2 cores).
+pub fn fixture_and_real_cases(
+    bin: &Path,
+    work: &Path,
+    arch: fixtures::Arch,
+    fixture_chunks: usize,
+    reps: usize,
+    chunks_var: &str,
+    real_chunks: usize,
+) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    for outtype in ["f32", "q8_0"] {
+        cases.push(Case {
+            label: format!("{arch} bench fixture {}", outtype.to_uppercase()),
+            gguf: bench_fixture_gguf(bin, work, arch, outtype)?,
+            chunks: fixture_chunks,
+            reps,
+        });
+    }
+    if let Some(real) = fixtures::support::real_model() {
+        cases.push(Case {
+            label: "Qwen2.5-Coder-0.5B Q4_K_M".into(),
+            gguf: real,
+            chunks: chunks_from_env(chunks_var, real_chunks),
+            reps: 1,
+        });
+    }
+    Ok(cases)
+}

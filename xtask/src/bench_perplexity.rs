@@ -43,14 +43,6 @@ struct Sample {
     ppl: f64,
 }
 
-/// One model to measure.
-struct Case {
-    label: String,
-    gguf: PathBuf,
-    chunks: usize,
-    reps: usize,
-}
-
 /// Builds the release binary, prepares the fixture GGUFs, runs both tools and prints the table.
 pub fn run(reps: usize) -> Result<()> {
     let bin = super::bench_common::release_r1q()?;
@@ -58,27 +50,15 @@ pub fn run(reps: usize) -> Result<()> {
     let work = super::bench_common::work_dir("bench-perplexity")?;
     let text = eval_text(&work)?;
 
-    let mut cases = Vec::new();
-    for outtype in ["f32", "q8_0"] {
-        let gguf =
-            super::bench_common::bench_fixture_gguf(&bin, &work, fixtures::Arch::Qwen2, outtype)?;
-        cases.push(Case {
-            label: format!("qwen2 bench fixture {}", outtype.to_uppercase()),
-            gguf,
-            chunks: FIXTURE_CHUNKS,
-            reps,
-        });
-    }
-    if let Some(real) = fixtures::support::real_model() {
-        let chunks = super::bench_common::chunks_from_env("R1Q_BENCH_PPL_CHUNKS", REAL_CHUNKS);
-        cases.push(Case {
-            label: "Qwen2.5-Coder-0.5B Q4_K_M".into(),
-            gguf: real,
-            chunks,
-            // Minutes per run on 2 cores: one repetition.
-            reps: 1,
-        });
-    }
+    let cases = super::bench_common::fixture_and_real_cases(
+        &bin,
+        &work,
+        fixtures::Arch::Qwen2,
+        FIXTURE_CHUNKS,
+        reps,
+        "R1Q_BENCH_PPL_CHUNKS",
+        REAL_CHUNKS,
+    )?;
 
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = vec![1];
