@@ -120,23 +120,7 @@ fn stats_of_a_truncated_or_foreign_file_is_one_line() {
     let model = fixture_f32(d, fixtures::Arch::Qwen2);
     let t = text(d, 600);
     let good = d.join("good.gguf");
-    let res = Command::new(env!("CARGO_BIN_EXE_r1q"))
-        .args([os("imatrix"), model.as_os_str(), os("-f"), t.as_os_str()])
-        .args([
-            os("-o"),
-            good.as_os_str(),
-            os("-c"),
-            os("64"),
-            os("-q"),
-            os("--no-ppl"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    collect(&model, &t, &good, &[]);
     let bytes = std::fs::read(&good).unwrap();
     for (name, cut) in [("trunc.gguf", bytes.len() / 2), ("head.gguf", 40)] {
         let p = d.join(name);
@@ -150,24 +134,7 @@ fn stats_of_a_truncated_or_foreign_file_is_one_line() {
     }
     // A legacy .dat cut inside an entry.
     let dat = d.join("good.dat");
-    let res = Command::new(env!("CARGO_BIN_EXE_r1q"))
-        .args([os("imatrix"), model.as_os_str(), os("-f"), t.as_os_str()])
-        .args([
-            os("-o"),
-            dat.as_os_str(),
-            os("-c"),
-            os("64"),
-            os("-q"),
-            os("--no-ppl"),
-        ])
-        .args([os("--output-format"), os("dat")])
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    collect(&model, &t, &dat, &["--output-format", "dat"]);
     let bytes = std::fs::read(&dat).unwrap();
     let cut = d.join("cut.dat");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
@@ -192,23 +159,7 @@ fn imatrix_of_another_model_is_refused_by_quantize() {
     let qwen = fixture_f32(d, fixtures::Arch::Qwen2);
     let t = text(d, 600);
     let im = d.join("ds.imatrix.gguf");
-    let res = Command::new(env!("CARGO_BIN_EXE_r1q"))
-        .args([os("imatrix"), ds.as_os_str(), os("-f"), t.as_os_str()])
-        .args([
-            os("-o"),
-            im.as_os_str(),
-            os("-c"),
-            os("64"),
-            os("-q"),
-            os("--no-ppl"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    collect(&ds, &t, &im, &[]);
     let out = d.join("q.gguf");
     let e = r1q_err(&[
         os("quantize"),
@@ -238,6 +189,25 @@ fn r1q_ok(args: &[&std::ffi::OsStr]) {
     );
 }
 
+/// Collects an imatrix of `model` on `text` into `out` (`-c 64 -q --no-ppl` plus `extra`),
+/// expecting success.
+fn collect(model: &Path, text: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        os("imatrix"),
+        model.as_os_str(),
+        os("-f"),
+        text.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("-c"),
+        os("64"),
+        os("-q"),
+        os("--no-ppl"),
+    ];
+    args.extend(extra.iter().map(|s| os(s)));
+    r1q_ok(&args);
+}
+
 /// `--in-file` inputs that cannot be added: a truncated file, an imatrix of another model (checked
 /// against MODEL, with or without `-f`), two imatrices of different models; each names the file
 /// and the tensor and writes nothing. A legacy .dat and a GGUF of the same model combine.
@@ -248,28 +218,15 @@ fn in_file_truncated_or_of_another_model_is_refused() {
     let qwen = fixture_f32(d, fixtures::Arch::Qwen2);
     let llama = fixture_f32(d, fixtures::Arch::Llama);
     let t = text(d, 600);
-    let collect = |model: &Path, out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            os("imatrix"),
-            model.as_os_str(),
-            os("-f"),
-            t.as_os_str(),
-            os("-o"),
-            out.as_os_str(),
-            os("-c"),
-            os("64"),
-            os("--chunks"),
-            os("2"),
-            os("-q"),
-            os("--no-ppl"),
-        ];
-        args.extend(extra.iter().map(|s| os(s)));
-        r1q_ok(&args);
-    };
     let (q, q_dat, l) = (d.join("q.gguf"), d.join("q.dat"), d.join("l.gguf"));
-    collect(&qwen, &q, &[]);
-    collect(&qwen, &q_dat, &["--output-format", "dat"]);
-    collect(&llama, &l, &[]);
+    collect(&qwen, &t, &q, &["--chunks", "2"]);
+    collect(
+        &qwen,
+        &t,
+        &q_dat,
+        &["--chunks", "2", "--output-format", "dat"],
+    );
+    collect(&llama, &t, &l, &["--chunks", "2"]);
     let out = d.join("out.gguf");
 
     // A .dat and a GGUF of the same model combine (checked against the model too).
