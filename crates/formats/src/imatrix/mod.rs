@@ -334,11 +334,17 @@ impl Imatrix {
             }
             let mut sum: Vec<i64> = have.counts.iter().map(|c| c.round() as i64).collect();
             match (sum.len(), counts.len()) {
-                (a, b) if a == b => sum.iter_mut().zip(&counts).for_each(|(s, c)| *s += c),
-                (_, 1) => sum.iter_mut().for_each(|s| *s += counts[0]),
+                // Saturating: counts come from files (an absurd f32 count saturates to i64::MAX).
+                (a, b) if a == b => sum
+                    .iter_mut()
+                    .zip(&counts)
+                    .for_each(|(s, c)| *s = s.saturating_add(*c)),
+                (_, 1) => sum
+                    .iter_mut()
+                    .for_each(|s| *s = s.saturating_add(counts[0])),
                 (1, _) => {
                     let base = sum[0];
-                    sum = counts.iter().map(|c| c + base).collect();
+                    sum = counts.iter().map(|c| c.saturating_add(base)).collect();
                 }
                 (a, b) => {
                     return Err(bad(format!(

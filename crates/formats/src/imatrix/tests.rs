@@ -224,4 +224,14 @@ fn add_refuses_another_model_and_overflow() {
         "{e}"
     );
     assert!(Imatrix::empty(0).add(&sample()).is_err());
+    // Absurd counts from a file saturate instead of overflowing (a panic in debug builds).
+    let mut huge = sample();
+    huge.entries.get_mut("blk.0.attn_q.weight").unwrap().counts = vec![f32::MAX];
+    let mut m = Imatrix::empty(4);
+    m.add(&huge).unwrap();
+    m.add(&huge).unwrap();
+    assert_eq!(
+        m.entries["blk.0.attn_q.weight"].counts,
+        vec![i64::MAX as f32]
+    );
 }
