@@ -47,8 +47,9 @@ impl<'a> RawTensor<'a> {
         }
         match self {
             RawTensor::Ggml { ty, data } => {
-                let row_bytes = ty.row_size(width as u64)? as usize;
-                let data = data.get(rows.start * row_bytes..rows.end * row_bytes)?;
+                let row_bytes = usize::try_from(ty.row_size(width as u64)?).ok()?;
+                let data =
+                    data.get(rows.start.checked_mul(row_bytes)?..rows.end.checked_mul(row_bytes)?)?;
                 Some(RawTensor::Ggml { ty, data })
             }
             RawTensor::Fp8Block {
