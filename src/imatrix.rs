@@ -147,6 +147,13 @@ pub fn run(args: &Args) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let ctx_size = chunk_size(args, &inputs, &note)?;
     let Some(text_path) = &args.file else {
+        let unused = evaluation_only_options(args);
+        if !unused.is_empty() {
+            bail!(
+                "{} only apply when evaluating a text (-f TEXT); without -f the --in-file inputs are only combined",
+                unused.join(", ")
+            );
+        }
         return combine(args, out, ctx_size, &inputs, &note);
     };
     let Some(model_path) = &args.model else {
@@ -350,6 +357,22 @@ fn add_inputs(
             .map_err(|p| ImatrixError::new(path.clone(), p))?;
     }
     Ok(sum)
+}
+
+/// The options given that only an evaluation of a text uses, so that a combine-only run refuses
+/// them instead of ignoring them silently.
+fn evaluation_only_options(args: &Args) -> Vec<&'static str> {
+    [
+        ("--chunks", args.chunks.is_some()),
+        ("--from-chunk", args.from_chunk != 0),
+        ("--process-output", args.process_output),
+        ("--no-ppl", args.no_ppl),
+        ("--max-memory", args.max_memory.is_some()),
+        ("--device", args.device != "cpu"),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect()
 }
 
 /// `--in-file …` without `-f`: the inputs combined into OUT (llama-imatrix does the same when

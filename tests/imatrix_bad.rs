@@ -281,6 +281,23 @@ fn in_file_truncated_or_of_another_model_is_refused() {
         );
         assert!(!out.exists());
     }
+    // Options of an evaluation are refused, not ignored, when only combining.
+    let e = r1q_err(&[
+        os("imatrix"),
+        os("--in-file"),
+        q.as_os_str(),
+        os("--chunks"),
+        os("3"),
+        os("--device"),
+        os("cuda"),
+        os("-o"),
+        out.as_os_str(),
+    ]);
+    assert!(
+        e.contains("--chunks, --device") && e.contains("-f TEXT"),
+        "{e}"
+    );
+    assert!(!out.exists());
     // Without a model to check against, the two files disagree on an entry's size.
     let e = r1q_err(&[
         os("imatrix"),
