@@ -49,8 +49,12 @@ pub struct PeerPpl {
 }
 
 /// Runs `llama-perplexity -m model -f text -c ctx -b ctx --chunks chunks -t 2 -ngl 0 extra…`.
-/// The peer sometimes exits 0 without flushing its logger: then the running estimate after the
-/// last chunk (`[N]X,` on stdout) is the same number; a run with neither is retried.
+/// The peer logs through an asynchronous logger it never flushes at exit (a leaked singleton in
+/// common/log.cpp), so a run that exits 0 can lose its last lines — the final estimate and even
+/// the last `[N]X,` (seen on a loaded machine for every one of ten tries). The first run takes
+/// the final estimate or the running `[N]` value; later runs evaluate one chunk more, so that
+/// `[N]` is printed while chunk N+1 is decoded and always arrives (the text must hold N+1
+/// chunks for that).
 pub fn llama_perplexity(
     bin: &Path,
     model: &Path,
@@ -60,8 +64,9 @@ pub fn llama_perplexity(
     extra: &[&str],
 ) -> PeerPpl {
     let mut last = String::new();
-    for _ in 0..10 {
-        let (c, n) = (ctx.to_string(), chunks.to_string());
+    for attempt in 0..4 {
+        let run_chunks = if attempt == 0 { chunks } else { chunks + 1 };
+        let (c, n) = (ctx.to_string(), run_chunks.to_string());
         let out = Command::new(bin)
             .arg("-m")
             .arg(model)
@@ -81,15 +86,17 @@ pub fn llama_perplexity(
             "llama-perplexity failed on {}:\n{all}",
             model.display()
         );
-        if let Some(p) = final_estimate(&all) {
-            return p;
+        if run_chunks == chunks {
+            if let Some(p) = final_estimate(&all) {
+                return p;
+            }
         }
         if let Some(ppl) = last_chunk(&all, chunks) {
             return PeerPpl { ppl, err: None };
         }
         last = all;
     }
-    panic!("llama-perplexity never printed its final estimate:\n{last}");
+    panic!("llama-perplexity never printed the estimate after chunk {chunks}:\n{last}");
 }
 
 fn last_chunk(log: &str, n_chunks: usize) -> Option<f64> {

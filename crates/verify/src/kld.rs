@@ -484,53 +484,25 @@ impl KldAccumulator {
     /// Scores one position: current `logits`, the base model's `record` for the same position
     /// and the target token `tok`. Every operation in llama.cpp's precision.
     pub fn add(&mut self, logits: &[f32], record: &[u16], tok: usize) {
-        let n_vocab = logits.len();
-        let Some(&l0) = logits.first() else { return };
-        let mut max_logit = l0;
-        let mut imax = 0usize;
-        for (i, &l) in logits.iter().enumerate().skip(1) {
-            if l > max_logit {
-                max_logit = l;
-                imax = i;
-            }
+        if !logits.is_empty() {
+            self.add_score(&TokenScore::new(logits, record, tok));
         }
-        let mut sum_exp = 0f64;
-        for &l in logits {
-            sum_exp += f64::from((l - max_logit).exp());
-        }
-        let log_sum_exp = sum_exp.ln() as f32;
-        let (scale, min_log_prob) = record_scale(record);
-        let q = record.get(4..).unwrap_or(&[]);
-        let qt = f32::from(q.get(tok).copied().unwrap_or(0));
-        let lt = logits.get(tok).copied().unwrap_or(f32::NAN);
+    }
 
-        let nll: f32 = max_logit + log_sum_exp - lt;
+    /// Adds a position scored by [`TokenScore::new`] (possibly on another thread): the sums
+    /// depend only on the order of these calls, so scoring a batch in parallel and adding in
+    /// order gives the sequential numbers bit for bit.
+    pub fn add_score(&mut self, t: &TokenScore) {
+        let (nll, nll_base) = (t.nll, t.nll_base);
         self.sum_nll += f64::from(nll);
         self.sum_nll2 += f64::from(nll * nll);
-        let nll_base: f32 = -(scale * qt + min_log_prob);
         self.sum_nll_base += f64::from(nll_base);
         self.sum_nll_base2 += f64::from(nll_base * nll_base);
         self.sum_nll_nll_base += f64::from(nll * nll_base);
-
-        let max_lse = max_logit + log_sum_exp;
-        let mut sum = 0f64;
-        let mut imax_base = usize::MAX;
-        let mut p_log_base_max = 0f32;
-        for (i, (&qi, &l)) in q.iter().zip(logits).take(n_vocab).enumerate() {
-            let p_log_base = scale * f32::from(qi) + min_log_prob;
-            if i == 0 || p_log_base > p_log_base_max {
-                p_log_base_max = p_log_base;
-                imax_base = i;
-            }
-            if p_log_base > -16.0 {
-                let p_base = p_log_base.exp();
-                sum += f64::from(p_base * (p_log_base - l + max_lse));
-            }
-        }
-        self.sum_kld += sum;
-        self.sum_kld2 += sum * sum;
+        self.sum_kld += t.kld;
+        self.sum_kld2 += t.kld * t.kld;
         self.count += 1;
-        if imax == imax_base {
+        if t.same_top {
             self.n_same_top += 1;
         }
         let p_base = (-nll_base).exp();
@@ -541,7 +513,7 @@ impl KldAccumulator {
         self.sum_p_diff2 += p_diff2;
         self.sum_p_diff4 += p_diff2 * p_diff2;
         self.max_p_diff = self.max_p_diff.max(p_diff.abs());
-        self.kld_values.push(sum as f32);
+        self.kld_values.push(t.kld as f32);
         self.p_diff_values.push(p_diff);
     }
 
@@ -798,6 +770,73 @@ impl KldStats {
             100.0 * self.same_top_unc
         ));
         s
+    }
+}
+
+/// One position compared with the base model: the per-token work of a KLD run (two
+/// softmaxes over the vocabulary), separate from [`KldAccumulator::add_score`] so that the rows
+/// of a logits batch can be scored in parallel.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenScore {
+    /// −log p(tok) under the current model, in f32 as llama.cpp.
+    pub nll: f32,
+    /// −log p(tok) under the base model (from its record).
+    pub nll_base: f32,
+    /// KL(base ‖ current) over the vocabulary (terms with log p_base > −16).
+    pub kld: f64,
+    /// Whether both models' most likely token is the same.
+    pub same_top: bool,
+}
+
+impl TokenScore {
+    /// Scores one position: current `logits`, the base model's `record` for the same position
+    /// and the target token `tok`. Every operation in llama.cpp's precision.
+    pub fn new(logits: &[f32], record: &[u16], tok: usize) -> TokenScore {
+        let n_vocab = logits.len();
+        let Some(&l0) = logits.first() else {
+            return TokenScore::default();
+        };
+        let mut max_logit = l0;
+        let mut imax = 0usize;
+        for (i, &l) in logits.iter().enumerate().skip(1) {
+            if l > max_logit {
+                max_logit = l;
+                imax = i;
+            }
+        }
+        let mut sum_exp = 0f64;
+        for &l in logits {
+            sum_exp += f64::from((l - max_logit).exp());
+        }
+        let log_sum_exp = sum_exp.ln() as f32;
+        let (scale, min_log_prob) = record_scale(record);
+        let q = record.get(4..).unwrap_or(&[]);
+        let qt = f32::from(q.get(tok).copied().unwrap_or(0));
+        let lt = logits.get(tok).copied().unwrap_or(f32::NAN);
+
+        let nll: f32 = max_logit + log_sum_exp - lt;
+        let nll_base: f32 = -(scale * qt + min_log_prob);
+        let max_lse = max_logit + log_sum_exp;
+        let mut sum = 0f64;
+        let mut imax_base = usize::MAX;
+        let mut p_log_base_max = 0f32;
+        for (i, (&qi, &l)) in q.iter().zip(logits).take(n_vocab).enumerate() {
+            let p_log_base = scale * f32::from(qi) + min_log_prob;
+            if i == 0 || p_log_base > p_log_base_max {
+                p_log_base_max = p_log_base;
+                imax_base = i;
+            }
+            if p_log_base > -16.0 {
+                let p_base = p_log_base.exp();
+                sum += f64::from(p_base * (p_log_base - l + max_lse));
+            }
+        }
+        TokenScore {
+            nll,
+            nll_base,
+            kld: sum,
+            same_top: imax == imax_base,
+        }
     }
 }
 

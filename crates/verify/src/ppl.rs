@@ -13,7 +13,16 @@ use std::ops::Range;
 
 use crate::engine::{Engine, EvalOptions, LogitPositions, Progress};
 use crate::error::VerifyError;
-use crate::kld::{self, BaseFileError, BaseReader, BaseWriter, KldAccumulator, KldStats};
+use crate::kld::{
+    self, BaseFileError, BaseReader, BaseWriter, KldAccumulator, KldStats, TokenScore,
+};
+use crate::tensor::Mat;
+
+use rayon::prelude::*;
+
+/// Rows scored in parallel at a time (their base-file records are held meanwhile: 64 × 2 bytes
+/// × n_vocab, 19 MB for a 152k vocabulary).
+const SCORE_ROWS: usize = 64;
 
 /// Why a perplexity run failed.
 #[derive(Debug, thiserror::Error)]
@@ -263,7 +272,6 @@ pub fn run(
     let last_pos = plan.n_ctx - 2;
     let mut ppl = PplAccumulator::default();
     let mut kld_acc = matches!(mode, Mode::Compare(_)).then(KldAccumulator::new);
-    let mut rec = vec![0u16; kld::record_u16s(n_vocab)];
     let mut failure: Option<PplError> = None;
     let events = std::sync::Mutex::new(on_event);
     let progress = |p: &Progress| {
@@ -278,55 +286,83 @@ pub fn run(
         ..EvalOptions::default()
     };
     let mut scored_in_chunk = 0usize;
-    let mut on_logits = |si: usize, pos: usize, logits: &[f32]| {
-        if failure.is_some() {
-            return;
-        }
-        let Some(tok) = plan.target(si, pos) else {
-            return;
-        };
-        let tok = tok as usize;
-        let nll = match &mut mode {
-            Mode::Plain => token_nll(logits, tok),
-            Mode::SaveBase(w) => {
-                let v = kld::encode_record(logits, tok, &mut rec);
-                if let Err(e) = w.write_record(&rec) {
-                    failure = Some(e.into());
-                }
-                v
-            }
-            Mode::Compare(r) => {
-                if let Err(e) = r.next_record(&mut rec) {
-                    failure = Some(e.into());
+    // Plain runs hold no records.
+    let rec_len = match mode {
+        Mode::Plain => 0,
+        _ => kld::record_u16s(n_vocab),
+    };
+    let mut recs: Vec<Vec<u16>> = Vec::new();
+    let mut targets: Vec<(usize, usize, usize)> = Vec::new(); // (row, pos, token)
+    let mut scores: Vec<(f64, Option<TokenScore>)> = Vec::new();
+    let mut on_batch =
+        |rows: &[(usize, usize)], logits: &Mat| {
+            targets.clear();
+            targets.extend(rows.iter().enumerate().filter_map(|(i, &(si, pos))| {
+                plan.target(si, pos).map(|tok| (i, pos, tok as usize))
+            }));
+            let si_of = |row: usize| rows.get(row).map_or(0, |r| r.0);
+            for part in targets.chunks(SCORE_ROWS) {
+                if failure.is_some() {
                     return;
                 }
-                if let Some(acc) = kld_acc.as_mut() {
-                    acc.add(logits, &rec, tok);
+                // The per-token softmaxes in parallel; the file I/O and the sums in order below.
+                if recs.len() < part.len() {
+                    recs.resize_with(part.len(), || vec![0u16; rec_len]);
                 }
-                // llama.cpp's KLD mode accumulates nll in f32 per token.
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let lse = logits
-                    .iter()
-                    .map(|&l| f64::from((l - max).exp()))
-                    .sum::<f64>()
-                    .ln() as f32;
-                f64::from(max + lse - logits.get(tok).copied().unwrap_or(f32::NAN))
+                let recs = &mut recs[..part.len()];
+                if let Mode::Compare(r) = &mut mode {
+                    for rec in recs.iter_mut() {
+                        if let Err(e) = r.next_record(rec) {
+                            failure = Some(e.into());
+                            return;
+                        }
+                    }
+                }
+                let plain = matches!(mode, Mode::Plain);
+                let save = matches!(mode, Mode::SaveBase(_));
+                part.par_iter()
+                    .zip(recs.par_iter_mut())
+                    .map(|(&(row, _, tok), rec)| {
+                        let logits = logits.row(row);
+                        if plain {
+                            (token_nll(logits, tok), None)
+                        } else if save {
+                            (kld::encode_record(logits, tok, rec), None)
+                        } else {
+                            // llama.cpp's KLD mode accumulates nll in f32 per token.
+                            let t = TokenScore::new(logits, rec, tok);
+                            (f64::from(t.nll), Some(t))
+                        }
+                    })
+                    .collect_into_vec(&mut scores);
+                if let Mode::SaveBase(w) = &mut mode {
+                    for rec in recs.iter() {
+                        if let Err(e) = w.write_record(rec) {
+                            failure = Some(e.into());
+                            return;
+                        }
+                    }
+                }
+                for (&(row, pos, _), (nll, score)) in part.iter().zip(&scores) {
+                    if let (Some(acc), Some(t)) = (kld_acc.as_mut(), score) {
+                        acc.add_score(t);
+                    }
+                    ppl.add(*nll);
+                    scored_in_chunk += 1;
+                    if pos == last_pos || scored_in_chunk == per_chunk {
+                        scored_in_chunk = 0;
+                        if let Ok(mut f) = events.lock() {
+                            f(Event::Chunk {
+                                chunk: si_of(row) + 1,
+                                ppl: &ppl,
+                                kld: kld_acc.as_ref(),
+                            });
+                        }
+                    }
+                }
             }
         };
-        ppl.add(nll);
-        scored_in_chunk += 1;
-        if pos == last_pos || scored_in_chunk == per_chunk {
-            scored_in_chunk = 0;
-            if let Ok(mut f) = events.lock() {
-                f(Event::Chunk {
-                    chunk: si + 1,
-                    ppl: &ppl,
-                    kld: kld_acc.as_ref(),
-                });
-            }
-        }
-    };
-    engine.evaluate(&seqs, &opts, &mut on_logits)?;
+    engine.evaluate_batches(&seqs, &opts, &mut on_batch)?;
     if let Some(e) = failure {
         return Err(e);
     }

@@ -799,28 +799,43 @@ pub fn run_imatrix(
             observer: Some(&collector),
             progress: Some(&progress),
         };
-        let mut on_logits = |si: usize, pos: usize, logits: &[f32]| {
-            let si = si + offset;
-            if !compute_ppl || !scored.contains(&pos) {
+        let mut nlls: Vec<f64> = Vec::new();
+        let mut on_batch = |rows: &[(usize, usize)], logits: &Mat| {
+            if !compute_ppl {
                 return;
             }
-            let Some(&tok) = plan.tokens.get(si * plan.n_ctx + pos + 1) else {
-                return;
-            };
-            ppl.add(token_nll(logits, tok as usize));
-            in_chunk += 1;
-            if in_chunk == per_chunk {
-                in_chunk = 0;
-                if let Ok(mut f) = events.lock() {
-                    f(ImatrixEvent::Chunk {
-                        chunk: si + 1,
-                        ppl: &ppl,
-                    });
+            // (row, seq, pos, target) of the scored rows; the softmaxes in parallel, the sums
+            // in order.
+            let targets: Vec<(usize, usize, usize, usize)> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, &(_, pos))| scored.contains(&pos))
+                .filter_map(|(i, &(si, pos))| {
+                    let si = si + offset;
+                    let tok = *plan.tokens.get(si * plan.n_ctx + pos + 1)?;
+                    Some((i, si, pos, tok as usize))
+                })
+                .collect();
+            targets
+                .par_iter()
+                .map(|&(i, _, _, tok)| token_nll(logits.row(i), tok))
+                .collect_into_vec(&mut nlls);
+            for (&(_, si, _, _), &nll) in targets.iter().zip(&nlls) {
+                ppl.add(nll);
+                in_chunk += 1;
+                if in_chunk == per_chunk {
+                    in_chunk = 0;
+                    if let Ok(mut f) = events.lock() {
+                        f(ImatrixEvent::Chunk {
+                            chunk: si + 1,
+                            ppl: &ppl,
+                        });
+                    }
                 }
             }
         };
         let text_chunks = plan.first_chunk + group.start..plan.first_chunk + group.end;
-        engine.evaluate(seqs.get(group).unwrap_or(&[]), &eval, &mut on_logits)?;
+        engine.evaluate_batches(seqs.get(group).unwrap_or(&[]), &eval, &mut on_batch)?;
         if let Some(e) = collector.take_error() {
             return Err(match e {
                 CalibrateError::NonFinite {
