@@ -182,6 +182,25 @@ impl<'a> LayerCtx<'a> {
             .head_matmul(weight_name, x, w, heads, y, col_stride);
     }
 
+    /// MLA's absorbed attention core on the context's backend ([`Backend::absorbed_mqa`]),
+    /// showing the observer `attn_k_b`'s input (q_nope, the heads' slices side by side) before
+    /// and `attn_v_b`'s (the latent attention output) after: the backend hands the latter back
+    /// only when there is an observer, so a device keeps it on board otherwise.
+    pub fn absorbed_mqa(&self, job: &backend::MqaJob<'_>) -> Mat {
+        let Some(o) = self.observer else {
+            return self.backend().absorbed_mqa(job).o;
+        };
+        o.on_matmul(self.layer, job.names[0], &backend::q_nope(job.q, job.dims));
+        let out = self.backend().absorbed_mqa(&backend::MqaJob {
+            keep_latent: true,
+            ..*job
+        });
+        if let Some(latent) = &out.latent {
+            o.on_matmul(self.layer, job.names[1], latent);
+        }
+        out.o
+    }
+
     /// Reports `x` as the input of expert `expert` of the 3-D MoE tensor `weight_name` without
     /// multiplying: blocks that stream experts from the source multiply through slices of their
     /// own buffers, not a [`Mat`] per expert, but the observer must still see each expert's

@@ -3,9 +3,10 @@
 //! experts).
 //!
 //! Why a seam and not a second engine: the blocks (`arch/`) are written once, on host [`Mat`]s;
-//! a [`Backend`] is consulted at the four places where the work is — [`crate::LayerCtx::matmul`]
-//! (every projection), [`crate::LayerCtx::attention`] (the causal attention of every block,
-//! [`Backend::attention`]), the weight loads of a layer (through [`BackendSource`], which hands
+//! a [`Backend`] is consulted at the places where the work is — [`crate::LayerCtx::matmul`]
+//! (every projection), [`crate::LayerCtx::attention`] (the causal attention of the dense
+//! blocks, [`Backend::attention`]), [`crate::LayerCtx::absorbed_mqa`] (MLA's attention core
+//! with its per-head products, [`Backend::absorbed_mqa`]), the weight loads of a layer (through [`BackendSource`], which hands
 //! the raw bytes of a tensor to [`Backend::dequantize`]), and each routed expert of an MoE layer
 //! ([`Backend::expert_ffn`]: the block gathers the expert's tokens, the backend reads the
 //! expert's weights from the source and returns its SwiGLU activations and output). The CPU
@@ -21,6 +22,7 @@
 
 mod device;
 mod expert;
+mod mqa;
 mod raw;
 mod source;
 
@@ -28,6 +30,10 @@ pub use device::{Device, DeviceError};
 #[cfg(feature = "cuda")]
 pub(crate) use expert::check_head_matmul;
 pub use expert::{expert_ffn_cpu, head_matmul_cpu, ExpertJob, ExpertOut};
+pub use mqa::{
+    absorbed_mqa_cpu, absorbed_mqa_steps, q_nope, AttentionFn, HeadMatmulFn, MqaDims, MqaJob,
+    MqaOut,
+};
 pub use raw::{check_fp8, dequantize_cpu, RawTensor};
 pub use source::BackendSource;
 
@@ -95,6 +101,19 @@ pub trait Backend: Send + Sync {
     ) {
         let _ = name;
         head_matmul_cpu(x, w, heads, y, col_stride);
+    }
+
+    /// MLA's absorbed attention core ([`MqaJob`]: absorb the queries with `attn_k_b`, MQA over
+    /// the latent, decompress with `attn_v_b`). The default runs it as separate
+    /// [`Backend::head_matmul`] and [`Backend::attention`] calls ([`absorbed_mqa_steps`]); a
+    /// device overrides it to keep the wide intermediates on board. Infallible with the
+    /// contract of [`Backend::matmul`]; shape mismatches panic.
+    fn absorbed_mqa(&self, job: &MqaJob<'_>) -> MqaOut {
+        absorbed_mqa_steps(
+            job,
+            &|name, x, w, heads, y, stride| self.head_matmul(name, x, w, heads, y, stride),
+            &|q, k, v, seqs, shape| self.attention(q, k, v, seqs, shape),
+        )
     }
 
     /// Whether [`Backend::dequantize`] should be offered the raw bytes of each layer weight.

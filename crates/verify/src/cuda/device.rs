@@ -21,11 +21,12 @@ use super::kernels::{
     self, kernel_for, launch_dims, CAUSAL_SOFTMAX_KERNEL, FP8_KERNEL, KERNELS, SWIGLU_KERNEL,
 };
 use super::{
-    attention_plan, gemm_params, head_matmul_plan, BatchedGemm, GemmParams, Op, SoftmaxRows,
+    attention_plan, gemm_params, head_matmul_plan, mqa_plan, AttnStep, BatchedGemm, GemmParams, Op,
+    SoftmaxRows,
 };
 use crate::backend::{
-    check_fp8, check_head_matmul, head_matmul_cpu, Backend, Device, DeviceError, ExpertJob,
-    ExpertOut, RawTensor,
+    absorbed_mqa_cpu, check_fp8, check_head_matmul, head_matmul_cpu, Backend, Device, DeviceError,
+    ExpertJob, ExpertOut, MqaJob, MqaOut, RawTensor,
 };
 use crate::ops::{self, AttnShape};
 use crate::tensor::{Mat, SeqSpan};
@@ -468,23 +469,103 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         let up = |m: &Mat| self.stream.clone_htod(&m.data).map_err(|e| e.to_string());
         let (qd, kd, vd) = (up(q)?, up(k)?, up(v)?);
-        let alloc = |len: usize| {
-            self.stream
-                .alloc_zeros::<f32>(len)
-                .map_err(|e| e.to_string())
-        };
-        let (mut scores, mut yd) = (alloc(scores_len)?, alloc(y.data.len())?);
-        for st in &steps {
-            self.gemm_batched(&st.scores, &qd, &kd, &mut scores)?;
-            self.softmax_device(&st.softmax, s.scale, &mut scores)?;
-            self.gemm_batched(&st.pv, &scores, &vd, &mut yd)?;
-        }
+        let mut yd = self.alloc(y.data.len())?;
+        self.attention_steps(&steps, scores_len, s.scale, (&qd, &kd, &vd), &mut yd)?;
         self.note_memory();
         self.stream
             .memcpy_dtoh(&yd, &mut y.data)
             .map_err(|e| e.to_string())?;
         self.stream.synchronize().map_err(|e| e.to_string())?;
         Ok(y)
+    }
+
+    /// A zeroed device buffer of `len` floats.
+    fn alloc(&self, len: usize) -> Result<CudaSlice<f32>, String> {
+        self.stream
+            .alloc_zeros::<f32>(len)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The steps of an [`attention_plan`] on device buffers: per step the scores SGEMM, the
+    /// causal softmax kernel and the P·V SGEMM into `yd`, with one score buffer for all.
+    fn attention_steps(
+        &self,
+        steps: &[AttnStep],
+        scores_len: usize,
+        scale: f32,
+        (qd, kd, vd): (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<f32>),
+        yd: &mut CudaSlice<f32>,
+    ) -> Result<(), String> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let mut scores = self.alloc(scores_len)?;
+        for st in steps {
+            self.gemm_batched(&st.scores, qd, kd, &mut scores)?;
+            self.softmax_device(&st.softmax, scale, &mut scores)?;
+            self.gemm_batched(&st.pv, &scores, vd, yd)?;
+        }
+        Ok(())
+    }
+
+    /// MLA's absorbed attention on the device ([`mqa_plan`]): the roped queries, the latent K
+    /// and V go up; absorption (`attn_k_b`, resident or uploaded, read against the queries'
+    /// nope slices in place), the rope slices' copy (an identity SGEMM), the attention steps
+    /// and the decompression (`attn_v_b`) run on board; the heads' output comes down, and the
+    /// latent attention output too when the observer wants it.
+    fn mqa_device(
+        &self,
+        state: &State,
+        job: &MqaJob<'_>,
+        max_scores: usize,
+    ) -> Result<MqaOut, String> {
+        let (d, t) = (job.dims, job.q.rows);
+        let plan = mqa_plan(t, (d.n_head, d.nope, d.rope, d.kv_lora, d.v_head))?;
+        let shape = job.shape();
+        let (steps, scores_len) = attention_plan(t, job.seqs, &shape, max_scores)?;
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let up = |data: &[f32]| self.stream.clone_htod(data).map_err(|e| e.to_string());
+        let (qd, kd, vd) = (up(&job.q.data)?, up(&job.k.data)?, up(&job.v.data)?);
+        let k_b = self.weight_device(state, job.names[0], job.k_b)?;
+        let v_b = self.weight_device(state, job.names[1], job.v_b)?;
+        let mut q_abs = self.alloc(t * d.n_head * d.k_abs())?;
+        self.gemm_batched(&plan.absorb, &qd, k_b.get(), &mut q_abs)?;
+        if let Some(copy) = &plan.rope_copy {
+            let mut identity = vec![0f32; d.rope * d.rope];
+            identity
+                .iter_mut()
+                .step_by(d.rope + 1)
+                .for_each(|x| *x = 1.0);
+            self.gemm_batched(copy, &qd, &up(&identity)?, &mut q_abs)?;
+        }
+        drop(qd);
+        let mut latent = self.alloc(t * d.n_head * d.kv_lora)?;
+        self.attention_steps(
+            &steps,
+            scores_len,
+            shape.scale,
+            (&q_abs, &kd, &vd),
+            &mut latent,
+        )?;
+        drop((q_abs, kd, vd));
+        let mut od = self.alloc(t * d.n_head * d.v_head)?;
+        self.gemm_batched(&plan.decompress, &latent, v_b.get(), &mut od)?;
+        self.note_memory();
+        let down = |buf: &CudaSlice<f32>, cols: usize| -> Result<Mat, String> {
+            let mut m = Mat::zeros(t, cols);
+            self.stream
+                .memcpy_dtoh(buf, &mut m.data)
+                .map_err(|e| e.to_string())?;
+            Ok(m)
+        };
+        let o = down(&od, d.n_head * d.v_head)?;
+        let latent = if job.keep_latent {
+            Some(down(&latent, d.n_head * d.kv_lora)?)
+        } else {
+            None
+        };
+        self.stream.synchronize().map_err(|e| e.to_string())?;
+        Ok(MqaOut { o, latent })
     }
 
     /// One routed expert on the device: each weight's raw rows (or, where `raws[i]` is `None`,
@@ -677,6 +758,23 @@ impl Backend for CudaBackend {
         let device = |_: &State| self.attention_device((q, k, v), seqs, shape, max_scores);
         self.on_device(during, device)
             .unwrap_or_else(|| ops::attention(q, k, v, seqs, shape))
+    }
+
+    fn absorbed_mqa(&self, job: &MqaJob<'_>) -> MqaOut {
+        job.check();
+        let d = job.dims;
+        if [job.q.rows, d.n_head, d.nope, d.kv_lora, d.v_head].contains(&0) {
+            return absorbed_mqa_cpu(job);
+        }
+        let during = || {
+            format!(
+                "absorbed attention of {} tokens ({} heads)",
+                job.q.rows, d.n_head
+            )
+        };
+        let max_scores = super::ATTN_SCORES_BYTES / 4;
+        self.on_device(during, |state| self.mqa_device(state, job, max_scores))
+            .unwrap_or_else(|| absorbed_mqa_cpu(job))
     }
 
     fn dequantizes(&self) -> bool {

@@ -32,16 +32,29 @@
 //!   (same steps, f64 sum in column order, one thread per row), and a second SGEMM writes
 //!   P·V into the resident output, which comes down once. The score buffer is bounded by
 //!   [`ATTN_SCORES_BYTES`] (longer spans go in blocks of queries).
-//! * GPU: MLA's per-head `attn_k_b` / `attn_v_b` products
-//!   ([`crate::backend::Backend::head_matmul`]), each one strided-batched SGEMM over all heads
-//!   ([`head_matmul_plan`]) with the weight's resident copy.
-//! * CPU: RMSNorm, rope, the dense and shared-expert SwiGLU, routing (gathering each expert's tokens, the weighted
-//!   scatter-add of its output), the residual adds. Activations therefore cross PCIe once per
-//!   matmul and per attention (inputs up, output down): the blocks work on host
+//! * GPU: MLA's attention core whole ([`crate::backend::Backend::absorbed_mqa`], [`mqa_plan`]):
+//!   the roped queries `[T, H·192]` and the latent K/V go up; the `attn_k_b` absorption (one
+//!   strided-batched SGEMM reading each head's nope slice in place), the rope slices' move into
+//!   the absorbed queries (an identity SGEMM: exact), the attention steps above and the
+//!   `attn_v_b` decompression run on board, and only the heads' output `[T, H·128]` comes down
+//!   — plus the latent output `[T, H·512]` when the imatrix observer needs it. For R1 that is
+//!   25,664 floats up and 16,384 down per token and layer instead of the 230,464 up and
+//!   155,648 down of separate per-head products and attention (the absorbed queries went up
+//!   twice and down once, the latent output down and up). The dense blocks' GQA still uses
+//!   [`crate::backend::Backend::attention`]; [`crate::backend::Backend::head_matmul`] (one
+//!   strided-batched SGEMM over all heads, [`head_matmul_plan`]) remains for other callers.
+//! * CPU: RMSNorm, rope, the dense and shared-expert SwiGLU, routing (gathering each expert's
+//!   tokens, the weighted scatter-add of its output), the residual adds. Other activations
+//!   therefore cross PCIe once per matmul (input up, output down): the blocks work on host
 //!   [`crate::Mat`]s, and the dequantized non-expert weights are also copied back to the host
-//!   because the blocks hold them. Keeping activations resident across a whole layer needs
-//!   the blocks to be written against a device tensor type — the next step, not done here; so
-//!   is overlapping the next expert's upload with the current one's GEMMs (a second stream).
+//!   because the blocks hold them. Per R1 MoE layer and token that is now about 139k floats up
+//!   and 135k down, 1.1 MB (the 8 routed experts' inputs and outputs are half of it), where
+//!   it was 2.5 MB before the attention core stayed on board; against ~11 GB of FP8 expert
+//!   weights per layer read once per group of tokens, activations stay below the weights'
+//!   PCIe bytes up to ~10k tokens per group. Keeping the residual stream resident
+//!   across a whole layer needs the blocks to be written against a device tensor type — not
+//!   done here; nor is overlapping the next expert's upload with the current one's GEMMs (a
+//!   second stream).
 //!
 //! Device errors: `matmul`, `head_matmul`, `attention` and `dequantize` record the first one
 //! and fall back to the CPU result, and [`crate::backend::Backend::end_layer`] reports it; `expert_ffn`
@@ -250,6 +263,63 @@ pub fn head_matmul_plan(
         at(y_cols, col_stride),
         heads,
     )
+}
+
+/// The strided-batched SGEMMs around the attention of `Backend::absorbed_mqa`, all on device
+/// buffers: the roped queries q `[rows, H·(nope+rope)]` go up once and the absorbed queries
+/// q_abs `[rows, H·(kv_lora+rope)]` and the latent output `[rows, H·kv_lora]` never leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MqaPlan {
+    /// `q_abs[:, h·ka ..][..kv_lora] = q[:, h·qh ..][..nope] · k_b_hᵀ` (lhs q, rhs `attn_k_b`
+    /// `[H·kv_lora, nope]`, out q_abs): the heads' nope slices read in place, no copy.
+    pub absorb: BatchedGemm,
+    /// `q_abs[:, h·ka + kv_lora ..][..rope] = q[:, h·qh + nope ..][..rope] · I` (lhs q, rhs a
+    /// `[rope, rope]` identity shared by all heads, out q_abs): the roped slices moved into
+    /// place by cuBLAS (exact: each output is one product by 1 plus products by 0). `None`
+    /// without rope dimensions.
+    pub rope_copy: Option<BatchedGemm>,
+    /// `o[:, h·v_head ..] = latent[:, h·kv_lora ..] · v_b_hᵀ` (lhs the latent output, rhs
+    /// `attn_v_b` `[H·v_head, kv_lora]`, out o).
+    pub decompress: BatchedGemm,
+}
+
+/// The [`MqaPlan`] of `rows` tokens: `(n_head, nope, rope, kv_lora, v_head)` as
+/// `backend::MqaDims` names them.
+pub fn mqa_plan(
+    rows: usize,
+    (heads, nope, rope, kv_lora, v_head): (usize, usize, usize, usize, usize),
+) -> Result<MqaPlan, String> {
+    let (qh, ka) = (nope + rope, kv_lora + rope);
+    let at = |offset, ld, stride| Operand { offset, ld, stride };
+    let absorb = row_major_batched(
+        (rows, kv_lora, nope),
+        at(0, heads * qh, qh),
+        (at(0, nope, kv_lora * nope), true),
+        at(0, heads * ka, ka),
+        heads,
+    )?;
+    let rope_copy = if rope == 0 {
+        None
+    } else {
+        Some(row_major_batched(
+            (rows, rope, rope),
+            at(nope, heads * qh, qh),
+            (at(0, rope, 0), true),
+            at(kv_lora, heads * ka, ka),
+            heads,
+        )?)
+    };
+    let decompress = head_matmul_plan(
+        rows,
+        (heads, kv_lora, v_head),
+        heads * kv_lora,
+        (heads * v_head, v_head),
+    )?;
+    Ok(MqaPlan {
+        absorb,
+        rope_copy,
+        decompress,
+    })
 }
 
 /// Queries per block of a span of `len` tokens whose score rows for one K/V group are

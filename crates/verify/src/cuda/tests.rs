@@ -10,11 +10,11 @@ use formats::ggml_type::GgmlType;
 
 use super::kernels::{launch_dims, KERNELS, MAX_GRID, SOURCE, THREADS};
 use super::{
-    attention_plan, attn_query_block, gemm_params, head_matmul_plan, row_major_batched,
-    BatchedGemm, GemmParams, Op, Operand, ATTN_SCORES_BYTES,
+    attention_plan, attn_query_block, gemm_params, head_matmul_plan, mqa_plan, row_major_batched,
+    AttnStep, BatchedGemm, GemmParams, Op, Operand, ATTN_SCORES_BYTES,
 };
-use crate::backend::dequantize_cpu;
 use crate::backend::tests::{fp8_bytes, fp8_raw, values, FP8_SHAPE};
+use crate::backend::{absorbed_mqa_cpu, dequantize_cpu, MqaDims, MqaJob};
 use crate::ops::{self, AttnShape};
 use crate::tensor::{Mat, SeqSpan};
 
@@ -115,6 +115,25 @@ fn batched_emulated(g: &BatchedGemm, lhs: &[f32], rhs: &[f32], out: &mut [f32]) 
     }
 }
 
+/// An attention plan's steps run on host buffers: the emulated SGEMMs with the CPU's causal
+/// softmax between them, as the device runs them with its kernel.
+fn attention_emulated(
+    steps: &[AttnStep],
+    scores_len: usize,
+    scale: f32,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    y: &mut [f32],
+) {
+    let mut sc = vec![f32::NAN; scores_len];
+    for st in steps {
+        batched_emulated(&st.scores, q, k, &mut sc);
+        let m = &st.softmax;
+        let block = &mut sc[..m.rows * m.n];
+        ops::attention::causal_softmax(block, m.n, m.group, m.first, scale);
+        batched_emulated(&st.pv, &sc, v, y);
+    }
+}
+
 /// The device attention plan, executed on the host (emulated cuBLAS calls at the plan's
 /// offsets, leading dimensions and strides, the CPU's causal softmax between), is
 /// `ops::attention`: MQA (one SGEMM per step, heads folded into rows), GQA (batched over the
@@ -146,19 +165,20 @@ fn attention_plan_emulated_is_ops_attention() {
             assert!(blocks > seqs.len(), "the bound splits the spans");
             assert!(scores_len <= max_scores.max(group * 9), "{scores_len}");
         }
-        let mut sc = vec![f32::NAN; scores_len];
         let mut y = vec![0f32; t * h * dv];
         for st in &steps {
             if g == 1 {
                 assert_eq!(st.scores.batch, 1, "MQA: one SGEMM");
                 assert_eq!(st.scores.params.n as usize, st.softmax.rows);
             }
-            batched_emulated(&st.scores, &q.data, &k.data, &mut sc);
-            let m = &st.softmax;
-            let block = &mut sc[..m.rows * m.n];
-            ops::attention::causal_softmax(block, m.n, m.group, m.first, shape.scale);
-            batched_emulated(&st.pv, &sc, &v.data, &mut y);
         }
+        attention_emulated(
+            &steps,
+            scores_len,
+            shape.scale,
+            (&q.data, &k.data, &v.data),
+            &mut y,
+        );
         let want = ops::attention(&q, &k, &v, &seqs, &shape);
         let err = max_rel_err(&y, &want.data);
         assert!(err < 1e-5, "H={h} G={g} bound {max_scores}: {err}");
@@ -183,6 +203,86 @@ fn attention_plan_emulated_is_ops_attention() {
     assert_eq!(attention_plan(0, &[], &shape, 1), Ok((Vec::new(), 0)));
     let empty = [SeqSpan { start: 99, len: 0 }];
     assert_eq!(attention_plan(0, &empty, &shape, 1), Ok((Vec::new(), 0)));
+}
+
+/// The device plan of `Backend::absorbed_mqa` — absorb by a batched SGEMM reading the heads'
+/// nope slices in place, the rope slices moved by an identity SGEMM, the attention plan,
+/// decompress — executed with the SGEMM emulation, is the CPU reference (the separate steps),
+/// both the heads' output and the latent the observer sees; and with no rope dimensions there
+/// is no copy step.
+#[test]
+fn mqa_plan_emulated_is_absorbed_mqa_cpu() {
+    let seqs = [SeqSpan { start: 0, len: 4 }, SeqSpan { start: 5, len: 6 }];
+    let t = 12;
+    for (h, nope, rope, kv_lora, v_head) in [(4, 6, 4, 8, 5), (3, 5, 0, 7, 4)] {
+        let dims = MqaDims {
+            n_head: h,
+            nope,
+            rope,
+            kv_lora,
+            v_head,
+        };
+        let (qh, ka) = (dims.q_head(), dims.k_abs());
+        let q = Mat::from_vec(t, h * qh, values(t * h * qh, 31));
+        let k = Mat::from_vec(t, ka, values(t * ka, 32));
+        let mut v = Mat::zeros(t, kv_lora);
+        for (dst, src) in v
+            .data
+            .chunks_exact_mut(kv_lora)
+            .zip(k.data.chunks_exact(ka))
+        {
+            dst.copy_from_slice(&src[..kv_lora]);
+        }
+        let k_b = Mat::from_vec(h * kv_lora, nope, values(h * kv_lora * nope, 33));
+        let v_b = Mat::from_vec(h * v_head, kv_lora, values(h * v_head * kv_lora, 34));
+        let job = MqaJob {
+            names: ["k_b", "v_b"],
+            q: &q,
+            k: &k,
+            v: &v,
+            k_b: &k_b,
+            v_b: &v_b,
+            dims,
+            seqs: &seqs,
+            scale: 0.3,
+            keep_latent: true,
+        };
+        let want = absorbed_mqa_cpu(&job);
+
+        let plan = mqa_plan(t, (h, nope, rope, kv_lora, v_head)).expect("plan");
+        assert_eq!(plan.rope_copy.is_some(), rope > 0);
+        let mut q_abs = vec![f32::NAN; t * h * ka];
+        batched_emulated(&plan.absorb, &q.data, &k_b.data, &mut q_abs);
+        if let Some(copy) = &plan.rope_copy {
+            let mut identity = vec![0f32; rope * rope];
+            identity.iter_mut().step_by(rope + 1).for_each(|x| *x = 1.0);
+            batched_emulated(copy, &q.data, &identity, &mut q_abs);
+        }
+        assert!(
+            q_abs.iter().all(|x| x.is_finite()),
+            "every q_abs value written"
+        );
+        let shape = job.shape();
+        let (steps, scores_len) = attention_plan(t, &seqs, &shape, usize::MAX).expect("plan");
+        let mut latent = vec![0f32; t * h * kv_lora];
+        attention_emulated(
+            &steps,
+            scores_len,
+            shape.scale,
+            (&q_abs, &k.data, &v.data),
+            &mut latent,
+        );
+        let mut o = vec![0f32; t * h * v_head];
+        batched_emulated(&plan.decompress, &latent, &v_b.data, &mut o);
+
+        let want_latent = want.latent.expect("kept");
+        assert!(
+            max_rel_err(&latent, &want_latent.data) < 1e-5,
+            "latent, rope {rope}"
+        );
+        let err = max_rel_err(&o, &want.o.data);
+        assert!(err < 1e-5, "output, rope {rope}: {err}");
+    }
 }
 
 /// `head_matmul`'s one batched SGEMM, executed with the SGEMM emulation, is the CPU's
@@ -792,6 +892,96 @@ fn gpu_head_matmul_matches_cpu() {
             let err = max_rel_err(&got.data, &want.data);
             eprintln!("head_matmul {inp}→{out} stride {col_stride} ({name}): {err:.2e}");
             assert!(err < 1e-4, "{name}: {err}");
+        }
+        backend.end_layer().expect("no device error");
+    }
+}
+
+/// On a GPU machine: `absorbed_mqa` on the device (the wide intermediates on board) matches
+/// the CPU reference — the heads' output and the latent the observer gets — with `attn_k_b` /
+/// `attn_v_b` resident (dequantized under their names) or uploaded, over two spans, and with
+/// the latent left on the device when not asked for.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
+fn gpu_absorbed_mqa_matches_cpu() {
+    use crate::backend::{Backend, RawTensor};
+
+    let Some(backend) = open_gpu() else {
+        return;
+    };
+    let seqs = [
+        SeqSpan { start: 0, len: 29 },
+        SeqSpan { start: 29, len: 40 },
+    ];
+    let t = 69;
+    let dims = MqaDims {
+        n_head: 16,
+        nope: 32,
+        rope: 16,
+        kv_lora: 64,
+        v_head: 32,
+    };
+    let (h, qh, ka) = (dims.n_head, dims.q_head(), dims.k_abs());
+    let q = Mat::from_vec(t, h * qh, values(t * h * qh, 101));
+    let k = Mat::from_vec(t, ka, values(t * ka, 102));
+    let mut v = Mat::zeros(t, dims.kv_lora);
+    for (dst, src) in v
+        .data
+        .chunks_exact_mut(dims.kv_lora)
+        .zip(k.data.chunks_exact(ka))
+    {
+        dst.copy_from_slice(&src[..dims.kv_lora]);
+    }
+    let on_device = |name: &str, rows: usize, cols: usize, seed: u64| {
+        let bytes: Vec<u8> = values(rows * cols, seed)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let raw = RawTensor::Ggml {
+            ty: GgmlType::F32,
+            data: &bytes,
+        };
+        let mut w = vec![0f32; rows * cols];
+        backend
+            .dequantize(name, raw, cols, 0..rows, &mut w)
+            .expect("device f32");
+        Mat::from_vec(rows, cols, w)
+    };
+    let k_b = on_device("k_b", h * dims.kv_lora, dims.nope, 103);
+    let v_b = on_device("v_b", h * dims.v_head, dims.kv_lora, 104);
+    for (names, keep_latent) in [(["k_b", "v_b"], true), (["other", "else"], false)] {
+        let job = MqaJob {
+            names,
+            q: &q,
+            k: &k,
+            v: &v,
+            k_b: &k_b,
+            v_b: &v_b,
+            dims,
+            seqs: &seqs,
+            scale: 1.0 / (ka as f32).sqrt(),
+            keep_latent,
+        };
+        let want = absorbed_mqa_cpu(&MqaJob {
+            keep_latent: true,
+            ..job
+        });
+        let got = backend.absorbed_mqa(&job);
+        let err = max_rel_err(&got.o.data, &want.o.data);
+        eprintln!("absorbed_mqa ({names:?}): output {err:.2e}");
+        assert!(err < 1e-4, "{names:?}: {err}");
+        match (&got.latent, &want.latent) {
+            (Some(g), Some(w)) if keep_latent => {
+                let err = max_rel_err(&g.data, &w.data);
+                eprintln!("absorbed_mqa ({names:?}): latent {err:.2e}");
+                assert!(err < 1e-4, "latent: {err}");
+            }
+            (None, _) if !keep_latent => {}
+            _ => panic!(
+                "latent returned {} with keep_latent {keep_latent}",
+                got.latent.is_some()
+            ),
         }
         backend.end_layer().expect("no device error");
     }

@@ -6,8 +6,9 @@
 //! latent attention output per head) are defined (§6.1), and attention runs over the 512-wide
 //! latent once for all heads (MQA) instead of expanding keys and values per head.
 
+use crate::backend::MqaJob;
 use crate::engine::LayerCtx;
-use crate::ops::{self, rope, AttnShape};
+use crate::ops::{self, rope};
 use crate::tensor::{Mat, SeqSpan};
 
 use super::yarn::YarnScales;
@@ -28,31 +29,8 @@ pub enum QProj {
     Direct(Mat),
 }
 
-/// The sizes of one MLA layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MlaDims {
-    /// Attention heads (H).
-    pub n_head: usize,
-    /// `qk_nope_head_dim` (128): the part of each query/key head without rope.
-    pub nope: usize,
-    /// `qk_rope_head_dim` (64, `n_rot`): the roped part; its key is shared by all heads.
-    pub rope: usize,
-    /// `kv_lora_rank` (512): the latent width, which is also the absorbed key/value width.
-    pub kv_lora: usize,
-    /// `v_head_dim` (128).
-    pub v_head: usize,
-}
-
-impl MlaDims {
-    /// Width of one query head before absorption (`key_length_mla`, 192).
-    pub fn q_head(&self) -> usize {
-        self.nope + self.rope
-    }
-    /// Width of one absorbed query/key head (`key_length`, 576).
-    pub fn k_abs(&self) -> usize {
-        self.kv_lora + self.rope
-    }
-}
+/// The sizes of one MLA layer: those of its absorbed attention core.
+pub use crate::backend::MqaDims as MlaDims;
 
 /// The weights of one MLA layer, in the engine's `[out, in]` layout.
 #[derive(Debug, Clone)]
@@ -128,39 +106,22 @@ impl Mla {
             dst.copy_from_slice(&src[..d.kv_lora]);
         }
 
-        // 4. Absorb: Q[h] = concat(k_b[h]ᵀ q_nope[h], q_pe[h]) {576, H, T}.
-        let mut q_nope = Mat::zeros(t, d.n_head * d.nope);
-        for (dst, src) in q_nope
-            .data
-            .chunks_exact_mut(d.nope)
-            .zip(q.data.chunks_exact(qh))
-        {
-            dst.copy_from_slice(&src[..d.nope]);
-        }
-        let mut q_abs = Mat::zeros(t, d.n_head * ka);
-        let k_b = self.name("attn_k_b");
-        ctx.head_matmul(&k_b, &q_nope, &self.k_b, d.n_head, &mut q_abs, ka);
-        for (dst, src) in q_abs.data.chunks_exact_mut(ka).zip(q.data.chunks_exact(qh)) {
-            dst[d.kv_lora..].copy_from_slice(&src[d.nope..]);
-        }
-        drop((q, q_nope));
-
-        // 5–6. MQA over the latent: one K/V head shared by all H query heads.
-        let shape = AttnShape {
-            n_head: d.n_head,
-            n_head_kv: 1,
-            head_dim_k: ka,
-            head_dim_v: d.kv_lora,
+        // 4–7. Absorb Q[h] = concat(k_b[h]ᵀ q_nope[h], q_pe[h]) {576, H, T}; MQA over the
+        // latent (one K/V head shared by all H query heads); decompress per head with v_b.
+        let (k_b, v_b) = (self.name("attn_k_b"), self.name("attn_v_b"));
+        let o = ctx.absorbed_mqa(&MqaJob {
+            names: [&k_b, &v_b],
+            q: &q,
+            k: &k,
+            v: &v,
+            k_b: &self.k_b,
+            v_b: &self.v_b,
+            dims: d,
+            seqs,
             scale: self.yarn.kq_scale,
-        };
-        let o_lat = ctx.attention(&q_abs, &k, &v, seqs, &shape);
-        drop((q_abs, k, v));
-
-        // 7. Decompress per head with v_b, then attn_output over the concatenation.
-        let mut o = Mat::zeros(t, d.n_head * d.v_head);
-        let v_b = self.name("attn_v_b");
-        ctx.head_matmul(&v_b, &o_lat, &self.v_b, d.n_head, &mut o, d.v_head);
-        drop(o_lat);
+            keep_latent: false,
+        });
+        drop((q, k, v));
         ctx.matmul(&self.name("attn_output"), &o, &self.out)
     }
 }
