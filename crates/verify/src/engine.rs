@@ -201,6 +201,12 @@ impl<'a> LayerCtx<'a> {
         out.o
     }
 
+    /// Whether an observer sees this layer's inputs (so that a backend must hand back what it
+    /// could otherwise keep on a device).
+    pub fn observing(&self) -> bool {
+        self.observer.is_some()
+    }
+
     /// Reports `x` as the input of expert `expert` of the 3-D MoE tensor `weight_name` without
     /// multiplying: blocks that stream experts from the source multiply through slices of their
     /// own buffers, not a [`Mat`] per expert, but the observer must still see each expert's

@@ -22,6 +22,7 @@
 
 mod device;
 mod expert;
+mod moe;
 mod mqa;
 mod raw;
 mod source;
@@ -30,6 +31,7 @@ pub use device::{Device, DeviceError};
 #[cfg(feature = "cuda")]
 pub(crate) use expert::check_head_matmul;
 pub use expert::{expert_ffn_cpu, head_matmul_cpu, ExpertJob, ExpertOut};
+pub use moe::{moe_experts_steps, scatter_add, ExpertObserver, MoeJob};
 pub use mqa::{
     absorbed_mqa_cpu, absorbed_mqa_steps, q_nope, AttentionFn, HeadMatmulFn, MqaDims, MqaJob,
     MqaOut,
@@ -151,6 +153,20 @@ pub trait Backend: Send + Sync {
     /// recorded earlier in the layer).
     fn expert_ffn(&self, job: &ExpertJob<'_>, out: &mut ExpertOut) -> Result<()> {
         expert_ffn_cpu(job, out)
+    }
+
+    /// All routed experts of one MoE layer ([`MoeJob`]): `Σ weight · expert(x)` over each
+    /// token's experts (the shared expert is not included), with `observe` shown each
+    /// expert's gathered inputs and g in expert order. The default runs them expert by expert
+    /// through [`Backend::expert_ffn`] ([`moe_experts_steps`]); a device overrides it to gather
+    /// and scatter on board. Errors: the source's or the device's, as
+    /// [`Backend::expert_ffn`].
+    fn moe_experts(
+        &self,
+        job: &MoeJob<'_>,
+        observe: Option<&mut ExpertObserver<'_>>,
+    ) -> Result<Mat> {
+        moe_experts_steps(self, job, observe)
     }
 
     /// Called after each layer (and after the logits): frees the layer's device weights and

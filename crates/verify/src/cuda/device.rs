@@ -18,15 +18,16 @@ use cudarc::driver::{
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
 use super::kernels::{
-    self, kernel_for, launch_dims, CAUSAL_SOFTMAX_KERNEL, FP8_KERNEL, KERNELS, SWIGLU_KERNEL,
+    self, kernel_for, launch_dims, CAUSAL_SOFTMAX_KERNEL, FP8_KERNEL, GATHER_KERNEL, KERNELS,
+    SCATTER_ADD_KERNEL, SWIGLU_KERNEL,
 };
 use super::{
     attention_plan, gemm_params, head_matmul_plan, mqa_plan, AttnStep, BatchedGemm, GemmParams, Op,
     SoftmaxRows,
 };
 use crate::backend::{
-    absorbed_mqa_cpu, check_fp8, check_head_matmul, head_matmul_cpu, Backend, Device, DeviceError,
-    ExpertJob, ExpertOut, MqaJob, MqaOut, RawTensor,
+    absorbed_mqa_cpu, check_fp8, check_head_matmul, head_matmul_cpu, moe_experts_steps, Backend,
+    Device, DeviceError, ExpertJob, ExpertObserver, ExpertOut, MoeJob, MqaJob, MqaOut, RawTensor,
 };
 use crate::ops::{self, AttnShape};
 use crate::tensor::{Mat, SeqSpan};
@@ -592,6 +593,33 @@ impl CudaBackend {
             ));
         }
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let x = self
+            .stream
+            .clone_htod(&job.x.data)
+            .map_err(|e| e.to_string())?;
+        let (g, y) = self.expert_on_device(job, n, raws, &out.weights, &x)?;
+        self.stream
+            .memcpy_dtoh(&g, &mut out.g.data)
+            .map_err(|e| e.to_string())?;
+        self.stream
+            .memcpy_dtoh(&y, &mut out.y.data)
+            .map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())
+    }
+
+    /// g `[n, n_ff]` and y `[n, n_embd]` of expert `job.expert` over the device inputs `x`
+    /// (`n` rows; `job.x` is not read): the weights dequantized on the device from `raws`, or
+    /// uploaded from the host copies `host[i]` where `raws[i]` is `None`; x·gateᵀ, x·upᵀ,
+    /// SwiGLU, g·downᵀ. The weights are freed on return.
+    fn expert_on_device(
+        &self,
+        job: &ExpertJob<'_>,
+        n: usize,
+        raws: &[Option<RawTensor<'_>>; 3],
+        host: &[Vec<f32>; 3],
+        x: &CudaSlice<f32>,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>), String> {
+        let (n_embd, n_ff) = (job.n_embd, job.n_ff);
         let mut w = Vec::with_capacity(3);
         for (i, raw) in raws.iter().enumerate() {
             let (rows, width) = job.shape(i);
@@ -599,22 +627,14 @@ impl CudaBackend {
                 Some(raw) => self.dequantize_on_device(*raw, width, 0..rows)?,
                 None => self
                     .stream
-                    .clone_htod(&out.weights[i])
+                    .clone_htod(&host[i])
                     .map_err(|e| e.to_string())?,
             });
         }
-        let alloc = |len: usize| {
-            self.stream
-                .alloc_zeros::<f32>(len)
-                .map_err(|e| e.to_string())
-        };
-        let x = self
-            .stream
-            .clone_htod(&job.x.data)
-            .map_err(|e| e.to_string())?;
-        let (mut g, mut u, mut y) = (alloc(n * n_ff)?, alloc(n * n_ff)?, alloc(n * n_embd)?);
-        self.gemm_device((&x, n, n_embd), (&w[0], n_ff), &mut g)?;
-        self.gemm_device((&x, n, n_embd), (&w[1], n_ff), &mut u)?;
+        let (mut g, mut u) = (self.alloc(n * n_ff)?, self.alloc(n * n_ff)?);
+        let mut y = self.alloc(n * n_embd)?;
+        self.gemm_device((x, n, n_embd), (&w[0], n_ff), &mut g)?;
+        self.gemm_device((x, n, n_embd), (&w[1], n_ff), &mut u)?;
         if let Some(cfg) = launch_config((n * n_ff) as u64) {
             let f = self.function(SWIGLU_KERNEL)?;
             let len = (n * n_ff) as u64;
@@ -627,13 +647,78 @@ impl CudaBackend {
         drop(u);
         self.gemm_device((&g, n, n_ff), (&w[2], n_embd), &mut y)?;
         self.note_memory();
-        self.stream
-            .memcpy_dtoh(&g, &mut out.g.data)
+        Ok((g, y))
+    }
+
+    /// One expert of [`Backend::moe_experts`] on the device: its tokens gathered from the
+    /// resident layer input `x` ([`GATHER_KERNEL`]), its FFN ([`Self::expert_on_device`]), its
+    /// weighted output added into the resident sum `acc` ([`SCATTER_ADD_KERNEL`]); g comes down
+    /// into `out.g` only when `want_g` (the observer's).
+    fn moe_expert_device(
+        &self,
+        job: &ExpertJob<'_>,
+        list: &[(usize, f32)],
+        raws: &[Option<RawTensor<'_>>; 3],
+        (x, acc, tokens): (&CudaSlice<f32>, &mut CudaSlice<f32>, usize),
+        out: &mut ExpertOut,
+        want_g: bool,
+    ) -> Result<(), String> {
+        let (n, n_embd) = (list.len(), job.n_embd);
+        if n == 0 || n_embd == 0 || job.n_ff == 0 {
+            return Ok(());
+        }
+        let idx = list
+            .iter()
+            .map(|&(tok, _)| {
+                u32::try_from(tok)
+                    .ok()
+                    .filter(|_| tok < tokens)
+                    .ok_or_else(|| format!("token {tok} routed to an expert, of {tokens}"))
+            })
+            .collect::<Result<Vec<u32>, String>>()?;
+        let weights: Vec<f32> = list.iter().map(|&(_, w)| w).collect();
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let idx = self.stream.clone_htod(&idx).map_err(|e| e.to_string())?;
+        let weights = self
+            .stream
+            .clone_htod(&weights)
             .map_err(|e| e.to_string())?;
-        self.stream
-            .memcpy_dtoh(&y, &mut out.y.data)
-            .map_err(|e| e.to_string())?;
-        self.stream.synchronize().map_err(|e| e.to_string())
+        let (rows, cols) = (n as u64, n_embd as u64);
+        let mut xe = self.alloc(n * n_embd)?;
+        if let Some(cfg) = launch_config(rows * cols) {
+            let mut args = self.stream.launch_builder(self.function(GATHER_KERNEL)?);
+            args.arg(x).arg(&idx).arg(&mut xe).arg(&rows).arg(&cols);
+            // SAFETY: every idx is below `tokens` (checked above) and x holds tokens·n_embd
+            // floats (the layer input); xe holds n·n_embd = rows·cols, the indices the kernel
+            // writes; argument types match (const float*, const u32*, float*, u64, u64).
+            unsafe { args.launch(cfg) }.map_err(|e| e.to_string())?;
+        }
+        let (g, y) = self.expert_on_device(job, n, raws, &out.weights, &xe)?;
+        drop(xe);
+        if let Some(cfg) = launch_config(rows * cols) {
+            let mut args = self
+                .stream
+                .launch_builder(self.function(SCATTER_ADD_KERNEL)?);
+            args.arg(acc)
+                .arg(&y)
+                .arg(&idx)
+                .arg(&weights)
+                .arg(&rows)
+                .arg(&cols);
+            // SAFETY: acc holds tokens·n_embd floats and every idx is below `tokens`; y holds
+            // rows·cols, idx and weights `rows` values; the idx are distinct (one routing entry
+            // per token and expert), so no two threads write the same float; argument types
+            // match (float*, const float*, const u32*, const float*, u64, u64).
+            unsafe { args.launch(cfg) }.map_err(|e| e.to_string())?;
+        }
+        if want_g {
+            out.g.reshape(n, job.n_ff);
+            self.stream
+                .memcpy_dtoh(&g, &mut out.g.data)
+                .map_err(|e| e.to_string())?;
+            self.stream.synchronize().map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// w's resident device copy (dequantized under `name` from the buffer the block holds),
@@ -832,38 +917,74 @@ impl Backend for CudaBackend {
     }
 
     fn expert_ffn(&self, job: &ExpertJob<'_>, out: &mut ExpertOut) -> crate::error::Result<()> {
-        // Which weights go up as raw bytes (a kernel for their type, bytes cut at the expert's
-        // rows); the others are dequantized by the source into host f32 now, before taking the
-        // lock: a wrapped source (`BackendSource`) may call `dequantize`, which locks too.
-        let mut raws: [Option<RawTensor<'_>>; 3] = [None; 3];
-        for (i, raw) in raws.iter_mut().enumerate() {
-            let (name, rows) = (job.names[i], job.rows(i));
-            *raw = job
-                .source
-                .raw_rows(name, rows.clone())
-                .filter(|r| raw_supported(*r));
-            if raw.is_none() {
-                let (r, c) = job.shape(i);
-                out.weights[i].resize(r * c, 0.0);
-                job.source
-                    .load_row_range_into(name, rows, &mut out.weights[i])?;
-            }
-        }
+        let raws = expert_raws(job, out)?;
         let mut state = self.lock();
         // A device error recorded earlier in the layer (a matmul) stops the run here.
         if let Some(e) = state.error.take() {
             return Err(e.into());
         }
-        self.expert_device(job, &raws, out).map_err(|problem| {
+        self.expert_device(job, &raws, out)
+            .map_err(|problem| expert_error(job, problem))
+    }
+
+    fn moe_experts(
+        &self,
+        job: &MoeJob<'_>,
+        mut observe: Option<&mut ExpertObserver<'_>>,
+    ) -> crate::error::Result<Mat> {
+        let (t, n_embd) = (job.x.rows, job.n_embd);
+        if t == 0 || n_embd == 0 || job.n_ff == 0 || job.x.cols != n_embd {
+            return moe_experts_steps(self, job, observe);
+        }
+        let device_error = |during: &str, problem: String| -> crate::error::VerifyError {
             DeviceError::Runtime {
-                during: format!(
-                    "expert {} of {}/{}/{}",
-                    job.expert, job.names[0], job.names[1], job.names[2]
-                ),
+                during: during.into(),
                 problem,
             }
             .into()
-        })
+        };
+        let (x, mut acc) = {
+            let mut state = self.lock();
+            if let Some(e) = state.error.take() {
+                return Err(e.into());
+            }
+            let up = || -> Result<_, String> {
+                self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+                let x = self
+                    .stream
+                    .clone_htod(&job.x.data)
+                    .map_err(|e| e.to_string())?;
+                Ok((x, self.alloc(t * n_embd)?))
+            };
+            up().map_err(|p| device_error("the MoE layer's input", p))?
+        };
+        let (mut out, mut xe) = (ExpertOut::default(), Mat::zeros(0, 0));
+        let none = Mat::zeros(0, n_embd);
+        for &(e, list) in job.active {
+            let ej = job.expert(e, &none, false);
+            // Raw bytes (or host f32) before taking the lock, as `expert_ffn`.
+            let raws = expert_raws(&ej, &mut out)?;
+            {
+                let mut state = self.lock();
+                if let Some(e) = state.error.take() {
+                    return Err(e.into());
+                }
+                let buffers = (&x, &mut acc, t);
+                self.moe_expert_device(&ej, list, &raws, buffers, &mut out, observe.is_some())
+                    .map_err(|problem| expert_error(&ej, problem))?;
+            }
+            if let Some(f) = observe.as_mut() {
+                job.gather(list, &mut xe);
+                f(e, &xe, &out.g);
+            }
+        }
+        let mut y = Mat::zeros(t, n_embd);
+        let _state = self.lock();
+        self.stream
+            .memcpy_dtoh(&acc, &mut y.data)
+            .and_then(|_| self.stream.synchronize())
+            .map_err(|e| device_error("the MoE layer's output", e.to_string()))?;
+        Ok(y)
     }
 
     fn memory_report(&self) -> Option<String> {
@@ -892,10 +1013,13 @@ impl Backend for CudaBackend {
 
 /// Every kernel the backend loads from [`kernels::SOURCE`].
 pub(crate) fn kernel_names() -> impl Iterator<Item = &'static str> {
-    KERNELS
-        .iter()
-        .map(|k| k.kernel)
-        .chain([FP8_KERNEL, SWIGLU_KERNEL, CAUSAL_SOFTMAX_KERNEL])
+    KERNELS.iter().map(|k| k.kernel).chain([
+        FP8_KERNEL,
+        SWIGLU_KERNEL,
+        CAUSAL_SOFTMAX_KERNEL,
+        GATHER_KERNEL,
+        SCATTER_ADD_KERNEL,
+    ])
 }
 
 /// [`kernels::SOURCE`] compiled to PTX by NVRTC, with the options the backend uses. NVRTC runs
@@ -910,6 +1034,43 @@ pub(crate) fn compile_kernels() -> Result<cudarc::nvrtc::Ptx, String> {
     };
     compile_ptx_with_opts(kernels::SOURCE, opts)
         .map_err(|e| format!("NVRTC compiling the kernels: {e}"))
+}
+
+/// Which of an expert's weights go up as raw bytes (a kernel for their type, bytes cut at the
+/// expert's rows); the others are dequantized by the source into host f32 (`out.weights`)
+/// now — before taking the lock: a wrapped source (`BackendSource`) may call `dequantize`,
+/// which locks too.
+fn expert_raws<'s>(
+    job: &ExpertJob<'s>,
+    out: &mut ExpertOut,
+) -> crate::error::Result<[Option<RawTensor<'s>>; 3]> {
+    let mut raws: [Option<RawTensor<'s>>; 3] = [None; 3];
+    for (i, raw) in raws.iter_mut().enumerate() {
+        let (name, rows) = (job.names[i], job.rows(i));
+        *raw = job
+            .source
+            .raw_rows(name, rows.clone())
+            .filter(|r| raw_supported(*r));
+        if raw.is_none() {
+            let (r, c) = job.shape(i);
+            out.weights[i].resize(r * c, 0.0);
+            job.source
+                .load_row_range_into(name, rows, &mut out.weights[i])?;
+        }
+    }
+    Ok(raws)
+}
+
+/// A device failure while running expert `job.expert`, naming it.
+fn expert_error(job: &ExpertJob<'_>, problem: String) -> crate::error::VerifyError {
+    DeviceError::Runtime {
+        during: format!(
+            "expert {} of {}/{}/{}",
+            job.expert, job.names[0], job.names[1], job.names[2]
+        ),
+        problem,
+    }
+    .into()
 }
 
 /// Whether the device has a kernel for `raw` (otherwise the CPU reference is used, silently).

@@ -2,7 +2,8 @@
 //! dequantization kernel (`extern "C" __global__`) per stored type, each a grid-stride loop
 //! writing one f32 per element from the raw bytes (REFERENCE §2.3 for the ggml blocks, §4.1 for
 //! FP8), the SwiGLU of the routed experts ([`SWIGLU_KERNEL`]) and the causal softmax of the
-//! attention scores ([`CAUSAL_SOFTMAX_KERNEL`]).
+//! attention scores ([`CAUSAL_SOFTMAX_KERNEL`]), and the gather and weighted scatter-add of the
+//! routed experts' rows ([`GATHER_KERNEL`], [`SCATTER_ADD_KERNEL`]).
 //!
 //! Why the per-element functions are separate `__device__` functions with no CUDA built-ins:
 //! the same source compiles as plain C on the host (`R1Q_HOST_TWIN`), so the tests run the
@@ -163,6 +164,15 @@ pub const SWIGLU_KERNEL: &str = "r1q_swiglu";
 /// `expf`; the softmax touches each score once per pass, which is small next to the
 /// `dk`-deep GEMMs on either side (dk = 576 for R1).
 pub const CAUSAL_SOFTMAX_KERNEL: &str = "r1q_causal_softmax";
+
+/// Gathers the rows routed to one expert from the layer's input on the device: `dst[r, :] =
+/// x[idx[r], :]` (u32 token indices).
+pub const GATHER_KERNEL: &str = "r1q_gather_rows";
+
+/// Adds one expert's weighted output into the layer's sum on the device: `acc[idx[r], :] +=
+/// w[r] · y[r, :]`, each product rounded before the sum, as `backend::scatter_add`; experts
+/// are added one launch at a time in expert order, so the sum's order is the CPU's too.
+pub const SCATTER_ADD_KERNEL: &str = "r1q_scatter_add_rows";
 
 /// Threads per block of every dequantization launch.
 pub const THREADS: u32 = 256;
@@ -379,6 +389,22 @@ R1Q_FN void causal_softmax_row(float *row, u64 r, u64 n, u64 group, u64 first, f
     for (j = valid; j < n; j++) row[j] = 0.0f;
 }
 
+/* Element i of the rows routed to one expert, gathered: dst[i] for dst = x[idx[r], :] row by
+   row, cols wide. */
+R1Q_FN float gather_elem(const float *x, const u32 *idx, u64 i, u64 cols) {
+    return x[(u64)idx[i / cols] * cols + i % cols];
+}
+
+/* Element i of one expert's weighted output added into the layer's sum: acc[idx[r], c] +=
+   w[r] * y[r, c] for i = r * cols + c, the product rounded before the sum (--fmad=false), as
+   backend::scatter_add. */
+R1Q_FN void scatter_add_elem(float *acc, const float *y, const u32 *idx, const float *w, u64 i,
+                             u64 cols) {
+    u64 r = i / cols;
+    float *a = acc + (u64)idx[r] * cols + i % cols;
+    *a = *a + w[r] * y[i];
+}
+
 #ifndef R1Q_HOST_TWIN
 #define R1Q_DEQUANT(NAME, QK, BYTES)                                                        \
 extern "C" __global__ void r1q_dequant_##NAME(const u8 *src, float *dst, u64 n) {           \
@@ -418,6 +444,23 @@ extern "C" __global__ void r1q_swiglu(float *g, const float *u, u64 n) {
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         g[i] = swiglu_value(g[i], u[i]);
+}
+
+/* dst = the rows idx[0..rows) of x, cols wide (an expert's routed tokens). */
+extern "C" __global__ void r1q_gather_rows(const float *x, const u32 *idx, float *dst, u64 rows,
+                                           u64 cols) {
+    u64 stride = (u64)gridDim.x * blockDim.x, n = rows * cols;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        dst[i] = gather_elem(x, idx, i, cols);
+}
+
+/* acc[idx[r], :] += w[r] * y[r, :] for r < rows; the idx of one launch are distinct (a token
+   is routed to an expert at most once), so no two threads touch the same float. */
+extern "C" __global__ void r1q_scatter_add_rows(float *acc, const float *y, const u32 *idx,
+                                                const float *w, u64 rows, u64 cols) {
+    u64 stride = (u64)gridDim.x * blockDim.x, n = rows * cols;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        scatter_add_elem(acc, y, idx, w, i, cols);
 }
 
 /* The causal softmax of a compact [rows, n] score block, one thread per row. */

@@ -8,20 +8,24 @@
 //! * GPU: dequantization of each layer weight (raw bytes uploaded, f32 produced on device and
 //!   kept resident until the layer ends, then freed — so a model larger than GPU memory runs one
 //!   layer at a time); every `ctx.matmul` / `ctx.expert_matmul` as one SGEMM over all tokens.
-//! * GPU: the routed MoE experts ([`crate::backend::Backend::expert_ffn`], ~97% of
-//!   DeepSeek-R1's FLOPs). Per expert, only its rows of the stacked `*_exps` tensors go up, as
-//!   stored ([`crate::WeightSource::raw_rows`]: a Q4_K expert crosses PCIe as Q4_K, not as
-//!   f32), with the gathered tokens x; dequantization, `x·gateᵀ`, `x·upᵀ`, SwiGLU (the
-//!   [`kernels::SWIGLU_KERNEL`]) and `g·downᵀ` run on the device, and only g (which the
-//!   imatrix observer needs) and y come down. The expert's device buffers are freed when it
-//!   is done. Experts run one at a time (`experts_at_once` = 1: the device serialises behind
-//!   one lock and one stream anyway, and one R1 expert's GEMMs fill it); the CPU backend's
-//!   parallel waves of experts are for the CPU only. A weight with no raw bytes (an HF tensor
-//!   the conversion transforms, such as the `kv_b` split or the rotary permutation; an FP8
-//!   range not starting on a scale block) or no kernel for its type is dequantized by the
-//!   source on the host and uploaded as f32 — slower, same numbers. HF checkpoints offer their
-//!   FP8 (with block scales) and BF16 tensors as stored, each expert of a stacked `*_exps`
-//!   tensor included, so an R1 directory's experts also go up as FP8.
+//! * GPU: the routed MoE experts ([`crate::backend::Backend::moe_experts`], ~97% of
+//!   DeepSeek-R1's FLOPs). The layer's input goes up once and the weighted sum of the experts'
+//!   outputs is accumulated on the device and comes down once. Per expert only its rows of the
+//!   stacked `*_exps` tensors go up, as stored ([`crate::WeightSource::raw_rows`]: a Q4_K
+//!   expert crosses PCIe as Q4_K, not as f32), with its token indices and routing weights; the
+//!   [`kernels::GATHER_KERNEL`] collects its tokens' rows, dequantization, `x·gateᵀ`, `x·upᵀ`,
+//!   SwiGLU (the [`kernels::SWIGLU_KERNEL`]) and `g·downᵀ` run on the device, and the
+//!   [`kernels::SCATTER_ADD_KERNEL`] adds its weighted output into the sum (experts in
+//!   ascending order, products rounded before the sums: the CPU's order). g (the down
+//!   projection's input) comes down only for the imatrix observer. The expert's device buffers
+//!   are freed when it is done. Experts run one at a time (the device serialises behind one
+//!   lock and one stream anyway, and one R1 expert's GEMMs fill it); the CPU backend's parallel
+//!   waves of experts are for the CPU only. A weight with no raw bytes (an HF tensor the
+//!   conversion transforms, such as the `kv_b` split or the rotary permutation; an FP8 range
+//!   not starting on a scale block) or no kernel for its type is dequantized by the source on
+//!   the host and uploaded as f32 — slower, same numbers. HF checkpoints offer their FP8 (with
+//!   block scales) and BF16 tensors as stored, each expert of a stacked `*_exps` tensor
+//!   included, so an R1 directory's experts also go up as FP8.
 //! * GPU: the causal attention of every block ([`crate::backend::Backend::attention`]: MLA's
 //!   absorbed MQA — R1's 128 query heads on one 576/512-wide latent K/V head, ~19 GFLOP per
 //!   512-token chunk per layer — and the dense blocks' GQA). q, k and v go up once; per span,
@@ -47,11 +51,11 @@
 //!   tokens, the weighted scatter-add of its output), the residual adds. Other activations
 //!   therefore cross PCIe once per matmul (input up, output down): the blocks work on host
 //!   [`crate::Mat`]s, and the dequantized non-expert weights are also copied back to the host
-//!   because the blocks hold them. Per R1 MoE layer and token that is now about 139k floats up
-//!   and 135k down, 1.1 MB (the 8 routed experts' inputs and outputs are half of it), where
-//!   it was 2.5 MB before the attention core stayed on board; against ~11 GB of FP8 expert
-//!   weights per layer read once per group of tokens, activations stay below the weights'
-//!   PCIe bytes up to ~10k tokens per group. Keeping the residual stream resident
+//!   because the blocks hold them. Per R1 MoE layer and token that is now about 89k floats up
+//!   and 69k down, 0.63 MB (plus 8 × 2,048 floats of g when calibrating), where it was 2.5 MB
+//!   when the attention core's intermediates and each routed expert's rows crossed separately;
+//!   against ~11 GB of FP8 expert weights per layer read once per group of tokens, activations
+//!   stay below the weights' PCIe bytes up to ~17k tokens per group. Keeping the residual stream resident
 //!   across a whole layer needs the blocks to be written against a device tensor type — not
 //!   done here; nor is overlapping the next expert's upload with the current one's GEMMs (a
 //!   second stream).

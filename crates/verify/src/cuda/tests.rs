@@ -14,7 +14,7 @@ use super::{
     AttnStep, BatchedGemm, GemmParams, Op, Operand, ATTN_SCORES_BYTES,
 };
 use crate::backend::tests::{fp8_bytes, fp8_raw, values, FP8_SHAPE};
-use crate::backend::{absorbed_mqa_cpu, dequantize_cpu, MqaDims, MqaJob};
+use crate::backend::{absorbed_mqa_cpu, dequantize_cpu, scatter_add, MoeJob, MqaDims, MqaJob};
 use crate::ops::{self, AttnShape};
 use crate::tensor::{Mat, SeqSpan};
 
@@ -383,11 +383,20 @@ fn kernel_table_matches_the_ggml_type_table() {
         "void {}(float *s",
         super::kernels::CAUSAL_SOFTMAX_KERNEL
     )));
+    assert!(SOURCE.contains(&format!(
+        "void {}(const float *x",
+        super::kernels::GATHER_KERNEL
+    )));
+    assert!(SOURCE.contains(&format!(
+        "void {}(float *acc",
+        super::kernels::SCATTER_ADD_KERNEL
+    )));
 }
 
 /// The host C twin: the kernel source with `R1Q_HOST_TWIN`, plus a driver that applies one
 /// element function to a file of blocks (mode = index into KERNELS), the FP8 block decoder
-/// (mode = -1), SwiGLU (mode = -2) or the causal softmax of attention scores (mode = -3).
+/// (mode = -1), SwiGLU (mode = -2), the causal softmax of attention scores (mode = -3) or an
+/// expert's gather and weighted scatter-add (mode = -4).
 fn harness_source() -> String {
     let table: Vec<&str> = KERNELS.iter().map(|k| k.elem).collect();
     format!(
@@ -434,6 +443,18 @@ int main(int argc, char **argv) {{
         memcpy(&scale, sc, 4);
         for (u64 r = 0; r < a; r++) causal_softmax_row(s + r * b, r, b, c, d, scale);
         fwrite(s, 4, a * b, out);
+    }} else if (mode == -4) {{ /* gather + scatter-add: a = rows, b = cols, c = tokens;
+                                 src = y [a, b]; sc = idx u32[a] | w f32[a] | acc f32[c, b] |
+                                 x f32[c, b]; out = gathered [a, b] then acc [c, b] */
+        const u32 *idx = (const u32 *)sc;
+        const float *w = (const float *)(sc + 4 * a);
+        float *acc = (float *)malloc(4 * c * b + 4);
+        const float *x = (const float *)(sc + 8 * a + 4 * c * b);
+        if ((u64)len < 4 * a * b || (u64)slen < 8 * a + 8 * c * b) return 5;
+        memcpy(acc, sc + 8 * a, 4 * c * b);
+        for (u64 i = 0; i < a * b; i++) {{ float v = gather_elem(x, idx, i, b); fwrite(&v, 4, 1, out); }}
+        for (u64 i = 0; i < a * b; i++) scatter_add_elem(acc, (const float *)src, idx, w, i, b);
+        fwrite(acc, 4, c * b, out);
     }} else {{ /* FP8: a = rows, b = cols, c = b0, d = b1 */
         float *scales = (float *)malloc(slen + 4); memcpy(scales, sc, slen);
         u64 scale_cols = (b + d - 1) / d;
@@ -620,6 +641,58 @@ fn swiglu_kernel_source_matches_ops_swiglu() {
         &to_bytes(&u),
     );
     same_bits(&got, &want.data, "swiglu");
+}
+
+/// The gather and scatter-add kernels' element functions, run as host C over a routed list
+/// with tokens out of order and gaps: the gathered rows are `MoeJob::gather`'s and the sum
+/// after the scatter is `backend::scatter_add`'s, bit for bit (products rounded before the
+/// sums; untouched tokens keep their values).
+#[test]
+fn gather_and_scatter_kernels_match_the_cpu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(exe) = build_twin(dir.path()) else {
+        return;
+    };
+    let (tokens, cols) = (9, 13);
+    let list: Vec<(usize, f32)> = [7usize, 0, 3, 8, 5]
+        .iter()
+        .zip(values(5, 71))
+        .map(|(&t, w)| (t, w + 0.5))
+        .collect();
+    let rows = list.len();
+    let x = Mat::from_vec(tokens, cols, values(tokens * cols, 72));
+    let y = Mat::from_vec(rows, cols, values(rows * cols, 73));
+    let acc0 = values(tokens * cols, 74);
+
+    let mut gathered = Mat::zeros(0, 0);
+    let source = crate::backend::tests::expert_source();
+    let active = [(0usize, list.as_slice())];
+    let job = MoeJob {
+        source: &source,
+        names: ["g", "u", "d"],
+        n_embd: cols,
+        n_ff: 1,
+        x: &x,
+        active: &active,
+    };
+    job.gather(&list, &mut gathered);
+    let mut acc = Mat::from_vec(tokens, cols, acc0.clone());
+    scatter_add(&mut acc, &y, &list);
+
+    let mut sc: Vec<u8> = list
+        .iter()
+        .flat_map(|&(t, _)| (t as u32).to_le_bytes())
+        .collect();
+    sc.extend(list.iter().flat_map(|&(_, w)| w.to_le_bytes()));
+    sc.extend(acc0.iter().flat_map(|v| v.to_le_bytes()));
+    sc.extend(x.data.iter().flat_map(|v| v.to_le_bytes()));
+    let src: Vec<u8> = y.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let args = [rows as u64, cols as u64, tokens as u64, 0, 0];
+    let got = run_twin(&exe, dir.path(), args, -4, &src, &sc);
+    assert_eq!(got.len(), rows * cols + tokens * cols);
+    same_bits(&got[..rows * cols], &gathered.data, "gather");
+    same_bits(&got[rows * cols..], &acc.data, "scatter-add");
+    assert_eq!(acc.row(1), &acc0[cols..2 * cols], "token 1 was not routed");
 }
 
 /// The causal-softmax kernel's arithmetic equals `ops::attention`'s `causal_softmax` bit for
@@ -982,6 +1055,80 @@ fn gpu_absorbed_mqa_matches_cpu() {
                 "latent returned {} with keep_latent {keep_latent}",
                 got.latent.is_some()
             ),
+        }
+        backend.end_layer().expect("no device error");
+    }
+}
+
+/// On a GPU machine: `moe_experts` on the device (the layer input up once, each expert's
+/// tokens gathered and its weighted output added on board, the sum down once) matches the
+/// CPU's expert-by-expert reference for a layer of three quantized experts (Q4_K, Q8_0,
+/// Q6_K) with overlapping, out-of-order token lists, and the observer sees the same experts
+/// in the same order with the same inputs and, within f32 reassociation, the same g.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
+fn gpu_moe_experts_matches_cpu() {
+    use crate::backend::tests::{expert_source, EXPS, N_EMBD, N_FF};
+    use crate::backend::{moe_experts_steps, Backend, CpuBackend};
+
+    let Some(backend) = open_gpu() else {
+        return;
+    };
+    let source = expert_source();
+    let t = 41;
+    let x = Mat::from_vec(t, N_EMBD, values(t * N_EMBD, 111));
+    let lists: Vec<Vec<(usize, f32)>> = vec![
+        (0..t).step_by(3).map(|r| (r, 0.25)).collect(),
+        (0..t)
+            .rev()
+            .step_by(2)
+            .map(|r| (r, 0.5 + r as f32 / 100.0))
+            .collect(),
+        vec![(40, 1.0), (0, -0.75), (17, 0.125)],
+    ];
+    let active: Vec<(usize, &[(usize, f32)])> = lists
+        .iter()
+        .enumerate()
+        .map(|(e, l)| (e, l.as_slice()))
+        .collect();
+    let job = MoeJob {
+        source: &source,
+        names: EXPS,
+        n_embd: N_EMBD,
+        n_ff: N_FF,
+        x: &x,
+        active: &active,
+    };
+    type Seen = Vec<(usize, Vec<f32>, Vec<f32>)>;
+    let run = |b: &dyn Backend, observed: bool| -> (Mat, Seen) {
+        let mut seen = Vec::new();
+        let mut f = |e: usize, xe: &Mat, g: &Mat| seen.push((e, xe.data.clone(), g.data.clone()));
+        let y = if observed {
+            b.moe_experts(&job, Some(&mut f))
+        } else {
+            b.moe_experts(&job, None)
+        }
+        .expect("moe_experts");
+        (y, seen)
+    };
+    let (want, want_seen) = (
+        moe_experts_steps(&CpuBackend, &job, None).expect("cpu"),
+        run(&CpuBackend, true).1,
+    );
+    for observed in [false, true] {
+        let (got, seen) = run(&backend, observed);
+        let err = max_rel_err(&got.data, &want.data);
+        eprintln!("moe_experts (observed {observed}): {err:.2e}");
+        assert!(err < 1e-3, "observed {observed}: {err}");
+        if observed {
+            assert_eq!(seen.len(), want_seen.len());
+            for ((e, xe, g), (we, wxe, wg)) in seen.iter().zip(&want_seen) {
+                assert_eq!((e, xe), (we, wxe), "expert order and gathered inputs");
+                assert!(max_rel_err(g, wg) < 1e-3, "g of expert {e}");
+            }
+        } else {
+            assert!(seen.is_empty());
         }
         backend.end_layer().expect("no device error");
     }

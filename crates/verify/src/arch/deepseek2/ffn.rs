@@ -10,19 +10,17 @@
 //! Experts are **streamed**: the block keeps only its router and shared expert resident; during
 //! `forward` each expert that received tokens is dequantized from the source (its rows of the
 //! stacked `*_exps` tensors), multiplied and dropped. All 256 experts of an R1 layer would be
-//! ~45 GB as f32; one is 176 MB. Each expert runs on the engine's backend
-//! ([`crate::backend::Backend::expert_ffn`]: on the CPU the source dequantizes it into reused
-//! host buffers and `gemm_into` multiplies; CUDA uploads its raw bytes and does the rest on the
-//! GPU). Experts are independent, so up to [`crate::backend::Backend::experts_at_once`] of them
-//! run in parallel (on the CPU one per thread, on a GPU one), each in a reused buffer set; their
-//! outputs are added to the result in expert order, so the sums (and the observer's calls) are
-//! the same as one expert at a time.
+//! ~45 GB as f32; one is 176 MB. The layer's experts run on the engine's backend
+//! ([`crate::backend::Backend::moe_experts`]): on the CPU expert by expert
+//! ([`crate::backend::Backend::expert_ffn`]: the source dequantizes each into reused host
+//! buffers and `gemm_into` multiplies; up to [`crate::backend::Backend::experts_at_once`] in
+//! parallel, one per thread, their outputs added in expert order so the sums and the
+//! observer's calls are those of one expert at a time); CUDA uploads the layer's input once,
+//! each expert's raw bytes, and gathers, multiplies and scatters on the GPU.
 
 use std::fmt;
 
-use rayon::prelude::*;
-
-use crate::backend::{Backend, ExpertJob, ExpertOut};
+use crate::backend::{ExpertObserver, MoeJob};
 use crate::engine::LayerCtx;
 use crate::error::Result;
 use crate::ops;
@@ -97,48 +95,9 @@ impl fmt::Debug for Moe<'_> {
     }
 }
 
-/// One expert slot: the gathered inputs and the backend's outputs (with its reused buffers);
-/// one per expert in flight, reused across experts.
-struct ExpertSlot {
-    /// The expert handled in this slot.
-    expert: usize,
-    /// The routed tokens' inputs `[n, n_embd]`.
-    x: Mat,
-    /// g `[n, n_ff]` (the down projection's input) and y `[n, n_embd]`.
-    out: ExpertOut,
-}
-
 impl Moe<'_> {
     fn name(&self, tensor: &str) -> String {
         format!("blk.{}.{tensor}.weight", self.layer)
-    }
-
-    /// Gathers the tokens in `list` (rows of `x`) into `s` and runs expert `e` over them on
-    /// `backend`.
-    fn run_expert(
-        &self,
-        backend: &dyn Backend,
-        s: &mut ExpertSlot,
-        (e, list): (usize, &[(usize, f32)]),
-        x: &Mat,
-        names: &[String; 3],
-        parallel: bool,
-    ) -> Result<()> {
-        s.expert = e;
-        s.x.reshape(list.len(), self.n_embd);
-        for (dst, &(tok, _)) in s.x.data.chunks_exact_mut(self.n_embd).zip(list) {
-            dst.copy_from_slice(x.row(tok));
-        }
-        let job = ExpertJob {
-            source: self.source,
-            names: names.each_ref().map(String::as_str),
-            expert: e,
-            n_embd: self.n_embd,
-            n_ff: self.n_ff,
-            x: &s.x,
-            parallel,
-        };
-        backend.expert_ffn(&job, &mut s.out)
     }
 
     /// `[T, n_embd]` → `[T, n_embd]`: Σ over each token's experts of weight · expert(x), plus the
@@ -149,7 +108,6 @@ impl Moe<'_> {
         let routing = route(&logits.data, t, self.bias.as_deref(), &self.params);
         drop(logits);
 
-        let mut y = Mat::zeros(t, n_embd);
         let names = [
             self.name("ffn_gate_exps"),
             self.name("ffn_up_exps"),
@@ -162,36 +120,25 @@ impl Moe<'_> {
             .filter(|(_, l)| !l.is_empty())
             .map(|(e, l)| (e, l.as_slice()))
             .collect();
-        let backend = ctx.backend();
-        let slots = backend.experts_at_once(active.len()).max(1);
-        let mut bufs: Vec<ExpertSlot> = (0..slots)
-            .map(|_| ExpertSlot {
-                expert: 0,
-                x: Mat::zeros(0, 0),
-                out: ExpertOut::default(),
-            })
-            .collect();
-        // With fewer experts than threads, let each GEMM use the idle threads too.
-        let parallel = active.len() < rayon::current_num_threads();
-        for wave in active.chunks(slots) {
-            bufs.par_iter_mut()
-                .zip(wave.par_iter())
-                .map(|(b, &job)| self.run_expert(backend, b, job, x, &names, parallel))
-                .collect::<Result<()>>()?;
-            // In expert order: the observer's calls and the additions are those of a
-            // one-expert-at-a-time loop.
-            for (b, &(_, list)) in bufs.iter().zip(wave) {
-                ctx.observe_expert(&names[0], b.expert, &b.x);
-                ctx.observe_expert(&names[1], b.expert, &b.x);
-                ctx.observe_expert(&names[2], b.expert, &b.out.g);
-                for (src, &(tok, w)) in b.out.y.data.chunks_exact(n_embd).zip(list) {
-                    for (a, v) in y.row_mut(tok).iter_mut().zip(src) {
-                        *a += w * v;
-                    }
-                }
-            }
-        }
-        drop(bufs);
+        let job = MoeJob {
+            source: self.source,
+            names: names.each_ref().map(String::as_str),
+            n_embd,
+            n_ff: self.n_ff,
+            x,
+            active: &active,
+        };
+        let mut observe = |e: usize, xe: &Mat, g: &Mat| {
+            ctx.observe_expert(&names[0], e, xe);
+            ctx.observe_expert(&names[1], e, xe);
+            ctx.observe_expert(&names[2], e, g);
+        };
+        let observe: Option<&mut ExpertObserver<'_>> = if ctx.observing() {
+            Some(&mut observe)
+        } else {
+            None
+        };
+        let mut y = ctx.backend().moe_experts(&job, observe)?;
         if let Some(shared) = &self.shared {
             let s = shared.forward(x, ctx);
             ops::add_assign(&mut y, &s);
