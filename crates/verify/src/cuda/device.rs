@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
@@ -90,6 +91,23 @@ pub struct CudaBackend {
     /// The most seen since, sampled after each expert and at each layer's end (before its
     /// weights are freed) — the points where this process holds the most.
     peak_used: AtomicUsize,
+    /// Bytes moved across PCIe so far, by [`Traffic`] kind.
+    moved: [AtomicU64; 4],
+}
+
+/// What a host↔device copy carries, for the end-of-run report: the evidence of what the
+/// design keeps on the device (weights cross once per layer and group, activations only where
+/// the blocks work on the host).
+#[derive(Debug, Clone, Copy)]
+enum Traffic {
+    /// Stored weight bytes (raw blocks, FP8 with scales, or host f32) up.
+    WeightsUp = 0,
+    /// Dequantized weights copied back to the host blocks that hold them.
+    WeightsDown = 1,
+    /// Activations up (matmul inputs, attention operands, the MoE layer input, indices).
+    ActivationsUp = 2,
+    /// Activations down (products, outputs, g for the observer).
+    ActivationsDown = 3,
 }
 
 impl CudaBackend {
@@ -175,6 +193,7 @@ impl CudaBackend {
             }),
             start_used: total.saturating_sub(free),
             peak_used: AtomicUsize::new(total.saturating_sub(free)),
+            moved: Default::default(),
         })
     }
 
@@ -185,6 +204,23 @@ impl CudaBackend {
             self.peak_used
                 .fetch_max(total.saturating_sub(free), Ordering::Relaxed);
         }
+    }
+
+    /// `data` copied to a new device buffer, counted as `kind`.
+    fn up<T: DeviceRepr>(&self, data: &[T], kind: Traffic) -> Result<CudaSlice<T>, String> {
+        self.moved[kind as usize].fetch_add(std::mem::size_of_val(data) as u64, Ordering::Relaxed);
+        self.stream.clone_htod(data).map_err(|e| e.to_string())
+    }
+
+    /// `buf` copied into `dst` on the host (queued on the stream), counted as `kind`.
+    fn down<T: DeviceRepr>(
+        &self,
+        buf: &CudaSlice<T>,
+        dst: &mut [T],
+        kind: Traffic,
+    ) -> Result<(), String> {
+        self.moved[kind as usize].fetch_add(std::mem::size_of_val(dst) as u64, Ordering::Relaxed);
+        self.stream.memcpy_dtoh(buf, dst).map_err(|e| e.to_string())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -263,9 +299,7 @@ impl CudaBackend {
             ));
         }
         let dst = self.dequantize_on_device(raw, width, rows)?;
-        self.stream
-            .memcpy_dtoh(&dst, out)
-            .map_err(|e| e.to_string())?;
+        self.down(&dst, out, Traffic::WeightsDown)?;
         self.stream.synchronize().map_err(|e| e.to_string())?;
         Ok(dst)
     }
@@ -301,7 +335,7 @@ impl CudaBackend {
                         bytes.len()
                     ));
                 }
-                let src = self.stream.clone_htod(bytes).map_err(|e| e.to_string())?;
+                let src = self.up(bytes, Traffic::WeightsUp)?;
                 self.launch_ggml(k.kernel, &src, &mut dst, n as u64)?;
             }
             RawTensor::Fp8Block {
@@ -321,14 +355,11 @@ impl CudaBackend {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
-                let src = self
-                    .stream
-                    .clone_htod(&data[rows.start * cols..rows.end * cols])
-                    .map_err(|e| e.to_string())?;
-                let sc = self
-                    .stream
-                    .clone_htod(&scale_values)
-                    .map_err(|e| e.to_string())?;
+                let src = self.up(
+                    &data[rows.start * cols..rows.end * cols],
+                    Traffic::WeightsUp,
+                )?;
+                let sc = self.up(&scale_values, Traffic::WeightsUp)?;
                 if let Some(cfg) = launch_config(n as u64) {
                     let f = self.function(FP8_KERNEL)?;
                     let (n64, cols64, row0) = (n as u64, cols as u64, rows.start as u64);
@@ -468,14 +499,12 @@ impl CudaBackend {
             return Ok(y);
         }
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        let up = |m: &Mat| self.stream.clone_htod(&m.data).map_err(|e| e.to_string());
+        let up = |m: &Mat| self.up(&m.data, Traffic::ActivationsUp);
         let (qd, kd, vd) = (up(q)?, up(k)?, up(v)?);
         let mut yd = self.alloc(y.data.len())?;
         self.attention_steps(&steps, scores_len, s.scale, (&qd, &kd, &vd), &mut yd)?;
         self.note_memory();
-        self.stream
-            .memcpy_dtoh(&yd, &mut y.data)
-            .map_err(|e| e.to_string())?;
+        self.down(&yd, &mut y.data, Traffic::ActivationsDown)?;
         self.stream.synchronize().map_err(|e| e.to_string())?;
         Ok(y)
     }
@@ -525,7 +554,7 @@ impl CudaBackend {
         let shape = job.shape();
         let (steps, scores_len) = attention_plan(t, job.seqs, &shape, max_scores)?;
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        let up = |data: &[f32]| self.stream.clone_htod(data).map_err(|e| e.to_string());
+        let up = |data: &[f32]| self.up(data, Traffic::ActivationsUp);
         let (qd, kd, vd) = (up(&job.q.data)?, up(&job.k.data)?, up(&job.v.data)?);
         let k_b = self.weight_device(state, job.names[0], job.k_b)?;
         let v_b = self.weight_device(state, job.names[1], job.v_b)?;
@@ -554,9 +583,7 @@ impl CudaBackend {
         self.note_memory();
         let down = |buf: &CudaSlice<f32>, cols: usize| -> Result<Mat, String> {
             let mut m = Mat::zeros(t, cols);
-            self.stream
-                .memcpy_dtoh(buf, &mut m.data)
-                .map_err(|e| e.to_string())?;
+            self.down(buf, &mut m.data, Traffic::ActivationsDown)?;
             Ok(m)
         };
         let o = down(&od, d.n_head * d.v_head)?;
@@ -593,17 +620,10 @@ impl CudaBackend {
             ));
         }
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        let x = self
-            .stream
-            .clone_htod(&job.x.data)
-            .map_err(|e| e.to_string())?;
+        let x = self.up(&job.x.data, Traffic::ActivationsUp)?;
         let (g, y) = self.expert_on_device(job, n, raws, &out.weights, &x)?;
-        self.stream
-            .memcpy_dtoh(&g, &mut out.g.data)
-            .map_err(|e| e.to_string())?;
-        self.stream
-            .memcpy_dtoh(&y, &mut out.y.data)
-            .map_err(|e| e.to_string())?;
+        self.down(&g, &mut out.g.data, Traffic::ActivationsDown)?;
+        self.down(&y, &mut out.y.data, Traffic::ActivationsDown)?;
         self.stream.synchronize().map_err(|e| e.to_string())
     }
 
@@ -625,10 +645,7 @@ impl CudaBackend {
             let (rows, width) = job.shape(i);
             w.push(match raw {
                 Some(raw) => self.dequantize_on_device(*raw, width, 0..rows)?,
-                None => self
-                    .stream
-                    .clone_htod(&host[i])
-                    .map_err(|e| e.to_string())?,
+                None => self.up(&host[i], Traffic::WeightsUp)?,
             });
         }
         let (mut g, mut u) = (self.alloc(n * n_ff)?, self.alloc(n * n_ff)?);
@@ -678,11 +695,8 @@ impl CudaBackend {
             .collect::<Result<Vec<u32>, String>>()?;
         let weights: Vec<f32> = list.iter().map(|&(_, w)| w).collect();
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        let idx = self.stream.clone_htod(&idx).map_err(|e| e.to_string())?;
-        let weights = self
-            .stream
-            .clone_htod(&weights)
-            .map_err(|e| e.to_string())?;
+        let idx = self.up(&idx, Traffic::ActivationsUp)?;
+        let weights = self.up(&weights, Traffic::ActivationsUp)?;
         let (rows, cols) = (n as u64, n_embd as u64);
         let mut xe = self.alloc(n * n_embd)?;
         if let Some(cfg) = launch_config(rows * cols) {
@@ -713,9 +727,7 @@ impl CudaBackend {
         }
         if want_g {
             out.g.reshape(n, job.n_ff);
-            self.stream
-                .memcpy_dtoh(&g, &mut out.g.data)
-                .map_err(|e| e.to_string())?;
+            self.down(&g, &mut out.g.data, Traffic::ActivationsDown)?;
             self.stream.synchronize().map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -733,9 +745,7 @@ impl CudaBackend {
             Some(r) if r.host_ptr == w.data.as_ptr() as usize && r.len == w.data.len() => {
                 WeightOnDevice::Resident(&r.buf)
             }
-            _ => WeightOnDevice::Uploaded(
-                self.stream.clone_htod(&w.data).map_err(|e| e.to_string())?,
-            ),
+            _ => WeightOnDevice::Uploaded(self.up(&w.data, Traffic::WeightsUp)?),
         })
     }
 
@@ -754,18 +764,15 @@ impl CudaBackend {
         let plan = head_matmul_plan(x.rows, (heads, inp, out), x.cols, (y.cols, col_stride))?;
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         let w_dev = self.weight_device(state, name, w)?;
-        let x_dev = self.stream.clone_htod(&x.data).map_err(|e| e.to_string())?;
+        let x_dev = self.up(&x.data, Traffic::ActivationsUp)?;
         // Columns outside the heads keep their values: upload y unless there are none.
         let mut y_dev = if heads * out == y.cols && col_stride == out {
-            self.stream.alloc_zeros::<f32>(y.data.len())
+            self.alloc(y.data.len())
         } else {
-            self.stream.clone_htod(&y.data)
-        }
-        .map_err(|e| e.to_string())?;
+            self.up(&y.data, Traffic::ActivationsUp)
+        }?;
         self.gemm_batched(&plan, &x_dev, w_dev.get(), &mut y_dev)?;
-        self.stream
-            .memcpy_dtoh(&y_dev, &mut y.data)
-            .map_err(|e| e.to_string())?;
+        self.down(&y_dev, &mut y.data, Traffic::ActivationsDown)?;
         self.stream.synchronize().map_err(|e| e.to_string())
     }
 
@@ -779,15 +786,10 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         let w_dev = self.weight_device(state, name, w)?;
         let w_dev = w_dev.get();
-        let x_dev = self.stream.clone_htod(&x.data).map_err(|e| e.to_string())?;
-        let mut y_dev = self
-            .stream
-            .alloc_zeros::<f32>(y.data.len())
-            .map_err(|e| e.to_string())?;
+        let x_dev = self.up(&x.data, Traffic::ActivationsUp)?;
+        let mut y_dev = self.alloc(y.data.len())?;
         self.gemm_device((&x_dev, x.rows, x.cols), (w_dev, w.rows), &mut y_dev)?;
-        self.stream
-            .memcpy_dtoh(&y_dev, &mut y.data)
-            .map_err(|e| e.to_string())?;
+        self.down(&y_dev, &mut y.data, Traffic::ActivationsDown)?;
         self.stream.synchronize().map_err(|e| e.to_string())?;
         Ok(y)
     }
@@ -950,10 +952,7 @@ impl Backend for CudaBackend {
             }
             let up = || -> Result<_, String> {
                 self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-                let x = self
-                    .stream
-                    .clone_htod(&job.x.data)
-                    .map_err(|e| e.to_string())?;
+                let x = self.up(&job.x.data, Traffic::ActivationsUp)?;
                 Ok((x, self.alloc(t * n_embd)?))
             };
             up().map_err(|p| device_error("the MoE layer's input", p))?
@@ -980,22 +979,27 @@ impl Backend for CudaBackend {
         }
         let mut y = Mat::zeros(t, n_embd);
         let _state = self.lock();
-        self.stream
-            .memcpy_dtoh(&acc, &mut y.data)
-            .and_then(|_| self.stream.synchronize())
-            .map_err(|e| device_error("the MoE layer's output", e.to_string()))?;
+        self.down(&acc, &mut y.data, Traffic::ActivationsDown)
+            .and_then(|_| self.stream.synchronize().map_err(|e| e.to_string()))
+            .map_err(|p| device_error("the MoE layer's output", p))?;
         Ok(y)
     }
 
     fn memory_report(&self) -> Option<String> {
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         let peak = self.peak_used.load(Ordering::Relaxed);
+        let moved = |k: Traffic| gib(self.moved[k as usize].load(Ordering::Relaxed) as usize);
         Some(format!(
-            "cuda:{}: peak device memory in use {:.2} GiB ({:.2} GiB at start, so {:.2} GiB for this run)",
+            "cuda:{}: peak device memory in use {:.2} GiB ({:.2} GiB at start, so {:.2} GiB for this run); \
+             PCIe: weights {:.2} GiB up ({:.2} GiB back as f32), activations {:.2} GiB up, {:.2} GiB down",
             self.ordinal,
             gib(peak),
             gib(self.start_used),
-            gib(peak.saturating_sub(self.start_used))
+            gib(peak.saturating_sub(self.start_used)),
+            moved(Traffic::WeightsUp),
+            moved(Traffic::WeightsDown),
+            moved(Traffic::ActivationsUp),
+            moved(Traffic::ActivationsDown),
         ))
     }
 
