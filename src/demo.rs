@@ -49,24 +49,33 @@ impl Rng {
     }
 }
 
-/// Samples `SAMPLE_SEQS` sequences of `len` tokens from `engine` at temperature 1 (all sequences
-/// advance together, one layer-major evaluation per step).
 /// Which token ids the sampler may pick: ordinary text (NORMAL, USER_DEFINED, BYTE in
-/// `tokenizer.ggml.token_type`), never padding (`[PAD…]`, UNUSED) or control tokens, so the sampled
-/// text reads like text. All ids when the metadata has no token types.
-fn sampleable(source: &dyn ::verify::source::WeightSource, n_vocab: usize) -> Vec<bool> {
+/// `tokenizer.ggml.token_type`; all ids when the metadata has no token types) whose text on its
+/// own is printable — never padding (`[PAD…]`, UNUSED) or control tokens, nor the byte-level
+/// pieces that decode to a control byte or half a UTF-8 character — so the sampled text reads
+/// like (random) words.
+fn sampleable(
+    source: &dyn ::verify::source::WeightSource,
+    tokenizer: &::verify::tokenize::Tokenizer,
+    n_vocab: usize,
+) -> Vec<bool> {
     let types = source
         .get("tokenizer.ggml.token_type")
         .and_then(|v| v.as_array())
         .and_then(|a| a.as_i64s());
-    match types {
-        Some(t) => (0..n_vocab)
-            .map(|i| matches!(t.get(i), Some(1 | 4 | 6)))
-            .collect(),
-        None => vec![true; n_vocab],
-    }
+    (0..n_vocab)
+        .map(|i| {
+            let ordinary = types
+                .as_ref()
+                .is_none_or(|t| matches!(t.get(i), Some(1 | 4 | 6)));
+            let text = tokenizer.decode(&[i as u32]);
+            ordinary && !text.is_empty() && !text.chars().any(|c| c == '\u{FFFD}' || c.is_control())
+        })
+        .collect()
 }
 
+/// Samples `SAMPLE_SEQS` sequences of `len` tokens from `engine` at temperature 1 (all sequences
+/// advance together, one layer-major evaluation per step), only among the `allowed` ids.
 fn sample(engine: &Engine<'_>, allowed: &[bool], starts: &[u32], len: usize) -> Result<Vec<u32>> {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let mut seqs: Vec<Vec<u32>> = starts.iter().map(|&s| vec![s]).collect();
@@ -184,7 +193,7 @@ pub fn run(args: &Args) -> Result<()> {
             let starts: Vec<u32> = (0..SAMPLE_SEQS as u32)
                 .map(|i| (300 + 37 * i) % n_vocab)
                 .collect();
-            let allowed = sampleable(&base.source, n_vocab as usize);
+            let allowed = sampleable(&base.source, &base.tokenizer, n_vocab as usize);
             let tokens = sample(&engine, &allowed, &starts, len)?;
             eprintln!(
                 "demo: the base model sampled {} tokens ({} sequences); e.g. {:?}",
