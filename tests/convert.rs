@@ -146,3 +146,61 @@ fn a_full_disk_is_an_error_and_leaves_nothing() {
     assert_one_line_error(&res, "File too large");
     nothing_at(&out);
 }
+
+/// A qwen2 config.json that states `head_dim` gets `qwen2.attention.key_length/value_length`
+/// (as llama.cpp's converter writes them), and the model evaluates exactly as without the key
+/// (same per-head width); a `head_dim` the weights contradict is a one-line error naming the
+/// tensor, with nothing written.
+#[test]
+fn qwen2_head_dim_is_written_when_stated() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model");
+    fixtures::write_fixture(fixtures::Arch::Qwen2, &src, &fixtures::Options::default()).unwrap();
+    let cfg_path = src.join("config.json");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let hd = cfg["hidden_size"].as_u64().unwrap() / cfg["num_attention_heads"].as_u64().unwrap();
+
+    let plain = dir.path().join("plain.gguf");
+    let res = convert(&src, &plain, &["--outtype", "f32"]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let key = |g: &GgufFile, k: &str| g.get(k).and_then(|v| v.as_u64());
+    let g = GgufFile::open(&plain).unwrap();
+    assert_eq!(key(&g, "qwen2.attention.key_length"), None);
+
+    let with_hd = |v: u64| {
+        let mut c = cfg.clone();
+        c["head_dim"] = v.into();
+        std::fs::write(&cfg_path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+    };
+    with_hd(hd);
+    let stated = dir.path().join("stated.gguf");
+    let res = convert(&src, &stated, &["--outtype", "f32"]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let g = GgufFile::open(&stated).unwrap();
+    assert_eq!(key(&g, "qwen2.attention.key_length"), Some(hd));
+    assert_eq!(key(&g, "qwen2.attention.value_length"), Some(hd));
+
+    let text = dir.path().join("t.txt");
+    let words: Vec<String> = (0..400).map(|i| format!("word{} the", i % 53)).collect();
+    std::fs::write(&text, words.join(" ")).unwrap();
+    let ppl = |model: &Path| {
+        let o = r1q(&[
+            "perplexity".as_ref(),
+            "-c".as_ref(),
+            "64".as_ref(),
+            "-f".as_ref(),
+            text.as_os_str(),
+            model.as_os_str(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(ppl(&plain), ppl(&stated));
+
+    with_hd(2 * hd);
+    let bad = dir.path().join("bad.gguf");
+    assert_one_line_error(&convert(&src, &bad, &["--outtype", "f32"]), "q_proj");
+    nothing_at(&bad);
+    std::fs::write(&cfg_path, original).unwrap();
+}

@@ -18,7 +18,7 @@ pub const ARCH: &str = "qwen2";
 /// Maps a Qwen2 checkpoint into `ctx` and returns the `qwen2.*` keys.
 pub(crate) fn map(c: &Qwen2Config, ctx: &mut Ctx<'_>) -> Result<ArchPlan> {
     let h = c.hidden_size;
-    let hd = h / c.num_attention_heads.max(1);
+    let hd = c.head_dim();
     let q = c.num_attention_heads * hd;
     let kvd = c.num_key_value_heads * hd;
 
@@ -79,7 +79,8 @@ pub(crate) fn map(c: &Qwen2Config, ctx: &mut Ctx<'_>) -> Result<ArchPlan> {
             rope_theta: c.rope_theta,
             rms_norm_eps: c.rms_norm_eps,
             experts: None,
-            head_dim: None,
+            // Written only when config.json states it, as the Python converter does.
+            head_dim: c.head_dim,
         },
         ctx.outtype(),
     )?;

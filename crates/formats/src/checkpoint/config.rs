@@ -193,6 +193,9 @@ pub struct Qwen2Config {
     pub num_attention_heads: usize,
     /// KV heads (GQA); default = heads.
     pub num_key_value_heads: usize,
+    /// Per-head dimension when stated (llama.cpp's converter then writes `key_length` /
+    /// `value_length`); otherwise hidden / heads (see [`Qwen2Config::head_dim`]).
+    pub head_dim: Option<usize>,
     /// Context length.
     pub max_position_embeddings: usize,
     /// RMSNorm epsilon; default 1e-6.
@@ -260,6 +263,15 @@ pub struct LlamaConfig {
 
 impl LlamaConfig {
     /// The per-head dimension: `head_dim` when stated, else hidden_size / num_attention_heads.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+}
+
+impl Qwen2Config {
+    /// The per-head dimension: `head_dim` when stated, else hidden_size / num_attention_heads
+    /// (as transformers' Qwen2 attention takes it).
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
@@ -695,6 +707,7 @@ fn parse_qwen2(f: &Fields<'_>) -> Result<Qwen2Config> {
         num_hidden_layers: f.req("num_hidden_layers")?,
         num_attention_heads,
         num_key_value_heads: f.or("num_key_value_heads", num_attention_heads)?,
+        head_dim: f.opt("head_dim")?,
         max_position_embeddings: f.req("max_position_embeddings")?,
         rms_norm_eps: f.or("rms_norm_eps", 1e-6)?,
         rope_theta: f.or("rope_theta", 10000.0)?,
@@ -718,9 +731,23 @@ fn parse_qwen2(f: &Fields<'_>) -> Result<Qwen2Config> {
     ])?;
     positive(f, "rms_norm_eps", c.rms_norm_eps)?;
     positive(f, "rope_theta", c.rope_theta)?;
-    check_divisible_heads(f, c.hidden_size, c.num_attention_heads)?;
+    check_head_dim(f, c.head_dim, c.hidden_size, c.num_attention_heads)?;
     check_heads(f, c.num_attention_heads, c.num_key_value_heads)?;
     Ok(c)
+}
+
+/// A stated `head_dim` must be positive; without one, the heads must divide the width.
+fn check_head_dim(
+    f: &Fields<'_>,
+    head_dim: Option<usize>,
+    hidden: usize,
+    heads: usize,
+) -> Result<()> {
+    match head_dim {
+        Some(0) => Err(f.invalid("head_dim", "must be greater than 0".into())),
+        Some(_) => Ok(()),
+        None => check_divisible_heads(f, hidden, heads),
+    }
 }
 
 fn check_divisible_heads(f: &Fields<'_>, hidden: usize, heads: usize) -> Result<()> {
@@ -763,14 +790,9 @@ fn parse_llama(f: &Fields<'_>) -> Result<LlamaConfig> {
         ("num_key_value_heads", c.num_key_value_heads),
         ("max_position_embeddings", c.max_position_embeddings),
     ])?;
-    if c.head_dim == Some(0) {
-        return Err(f.invalid("head_dim", "must be greater than 0".into()));
-    }
     positive(f, "rms_norm_eps", c.rms_norm_eps)?;
     positive(f, "rope_theta", c.rope_theta)?;
-    if c.head_dim.is_none() {
-        check_divisible_heads(f, c.hidden_size, c.num_attention_heads)?;
-    }
+    check_head_dim(f, c.head_dim, c.hidden_size, c.num_attention_heads)?;
     check_heads(f, c.num_attention_heads, c.num_key_value_heads)?;
     Ok(c)
 }
@@ -887,6 +909,14 @@ mod tests {
         };
         assert_eq!(q.num_key_value_heads, 2);
         assert_eq!(q.max_window_layers, Some(21));
+        assert_eq!((q.head_dim, q.head_dim()), (None, 128));
+        let stated = edit(QWEN_CONFIG, |m| {
+            drop(m.insert("head_dim".into(), 96.into()))
+        });
+        let ModelConfig::Qwen2(q) = parse(&stated).unwrap() else {
+            panic!()
+        };
+        assert_eq!((q.head_dim, q.head_dim()), (Some(96), 96));
     }
 
     #[test]
@@ -957,6 +987,16 @@ mod tests {
                     drop(m.insert("num_key_value_heads".into(), 5.into()))
                 }),
                 "not a multiple of num_key_value_heads 5",
+            ),
+            (
+                edit(QWEN_CONFIG, |m| drop(m.insert("head_dim".into(), 0.into()))),
+                "field `head_dim`",
+            ),
+            (
+                edit(LLAMA_CONFIG, |m| {
+                    drop(m.insert("head_dim".into(), 0.into()))
+                }),
+                "field `head_dim`",
             ),
             ("[1]".to_string(), "top level is not an object"),
             ("{".to_string(), "invalid JSON"),
