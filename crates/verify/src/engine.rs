@@ -142,6 +142,19 @@ impl<'a> LayerCtx<'a> {
         self.product(weight_name, x, w)
     }
 
+    /// `x · wᵢᵀ` for each `(name, wᵢ)` of projections sharing their input
+    /// ([`Backend::matmuls`]: a device uploads x once), showing `x` to the observer under each
+    /// name first.
+    pub fn matmuls(&self, x: &Mat, ws: &[(&str, &Mat)]) -> Vec<Mat> {
+        for &(name, _) in ws {
+            self.observe(name, x);
+        }
+        match self.backend {
+            Some(b) => b.matmuls(x, ws),
+            None => ws.iter().map(|&(_, w)| ops::matmul(x, w)).collect(),
+        }
+    }
+
     /// `x · wᵀ` for expert `expert` of an MoE tensor, `x` holding only the rows routed to it.
     pub fn expert_matmul(&self, weight_name: &str, expert: usize, x: &Mat, w: &Mat) -> Mat {
         if let Some(o) = self.observer {

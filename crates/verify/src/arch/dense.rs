@@ -41,11 +41,23 @@ impl Linear {
     }
 
     fn apply(&self, ctx: &LayerCtx<'_>, x: &Mat) -> Mat {
-        let mut y = ctx.matmul(&self.name, x, &self.w);
+        let y = ctx.matmul(&self.name, x, &self.w);
+        self.with_bias(y)
+    }
+
+    fn with_bias(&self, mut y: Mat) -> Mat {
         if let Some(b) = &self.bias {
             ops::add_bias(&mut y, b);
         }
         y
+    }
+
+    /// Several projections of the same input ([`LayerCtx::matmuls`]: a device uploads x once).
+    fn apply_all<const N: usize>(ctx: &LayerCtx<'_>, x: &Mat, ls: [&Linear; N]) -> [Mat; N] {
+        let ws = ls.map(|l| (l.name.as_str(), &l.w));
+        let ys = ctx.matmuls(x, &ws);
+        let mut ys = ys.into_iter();
+        ls.map(|l| l.with_bias(ys.next().expect("one product per projection")))
     }
 }
 
@@ -114,9 +126,7 @@ impl Block<'_> for DenseBlock {
         // Attention.
         let mut h = x.clone();
         ops::rms_norm(&mut h, &self.attn_norm, self.eps);
-        let mut q = self.q.apply(ctx, &h);
-        let mut k = self.k.apply(ctx, &h);
-        let v = self.v.apply(ctx, &h);
+        let [mut q, mut k, v] = Linear::apply_all(ctx, &h, [&self.q, &self.k, &self.v]);
         drop(h);
         let a = &self.attn;
         ops::rope(&mut q, seqs, a.n_head, a.head_dim_k, 0, &self.rope);
@@ -131,8 +141,7 @@ impl Block<'_> for DenseBlock {
         // Feed-forward.
         let mut h = x.clone();
         ops::rms_norm(&mut h, &self.ffn_norm, self.eps);
-        let mut g = self.gate.apply(ctx, &h);
-        let u = self.up.apply(ctx, &h);
+        let [mut g, u] = Linear::apply_all(ctx, &h, [&self.gate, &self.up]);
         drop(h);
         ops::swiglu(&mut g, &u);
         drop(u);

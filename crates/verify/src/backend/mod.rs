@@ -75,6 +75,16 @@ pub trait Backend: Send + Sync {
     /// a device copy of it from [`Backend::dequantize`]).
     fn matmul(&self, name: &str, x: &Mat, w: &Mat) -> Mat;
 
+    /// Several products of one input, `x · wᵢᵀ` for each `(name, wᵢ)` (projections that share
+    /// their input: MLA's `attn_q_a` and `attn_kv_a_mqa`, an FFN's gate and up). The default is
+    /// [`Backend::matmul`] for each; a device uploads x once. Infallible with the contract of
+    /// [`Backend::matmul`].
+    fn matmuls(&self, x: &Mat, ws: &[(&str, &Mat)]) -> Vec<Mat> {
+        ws.iter()
+            .map(|&(name, w)| self.matmul(name, x, w))
+            .collect()
+    }
+
     /// Causal attention over each span ([`ops::attention`], the default): `q` `[T, n_head·dk]`,
     /// `k` `[T, n_head_kv·dk]`, `v` `[T, n_head_kv·dv]` → `[T, n_head·dv]`, rows outside every
     /// span zero. Called through [`crate::LayerCtx::attention`] by every block (MLA's absorbed

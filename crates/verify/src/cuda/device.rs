@@ -776,22 +776,34 @@ impl CudaBackend {
         self.stream.synchronize().map_err(|e| e.to_string())
     }
 
-    /// `y = x · wᵀ` on cuBLAS, with w's device copy if it is resident.
-    fn matmul_device(&self, state: &State, name: &str, x: &Mat, w: &Mat) -> Result<Mat, String> {
-        gemm_params(x.rows, x.cols, w.rows)?;
-        let mut y = Mat::zeros(x.rows, w.rows);
-        if x.rows == 0 || w.rows == 0 || x.cols == 0 {
-            return Ok(y);
+    /// `yᵢ = x · wᵢᵀ` on cuBLAS for each `(name, wᵢ)`: x uploaded once, each w's resident
+    /// device copy used if there is one, the products downloaded.
+    fn matmuls_device(
+        &self,
+        state: &State,
+        x: &Mat,
+        ws: &[(&str, &Mat)],
+    ) -> Result<Vec<Mat>, String> {
+        for &(_, w) in ws {
+            gemm_params(x.rows, x.cols, w.rows)?;
+        }
+        let mut ys: Vec<Mat> = ws.iter().map(|(_, w)| Mat::zeros(x.rows, w.rows)).collect();
+        if x.rows == 0 || x.cols == 0 {
+            return Ok(ys);
         }
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-        let w_dev = self.weight_device(state, name, w)?;
-        let w_dev = w_dev.get();
         let x_dev = self.up(&x.data, Traffic::ActivationsUp)?;
-        let mut y_dev = self.alloc(y.data.len())?;
-        self.gemm_device((&x_dev, x.rows, x.cols), (w_dev, w.rows), &mut y_dev)?;
-        self.down(&y_dev, &mut y.data, Traffic::ActivationsDown)?;
+        for (&(name, w), y) in ws.iter().zip(&mut ys) {
+            if w.rows == 0 {
+                continue;
+            }
+            let w_dev = self.weight_device(state, name, w)?;
+            let mut y_dev = self.alloc(y.data.len())?;
+            self.gemm_device((&x_dev, x.rows, x.cols), (w_dev.get(), w.rows), &mut y_dev)?;
+            self.down(&y_dev, &mut y.data, Traffic::ActivationsDown)?;
+        }
         self.stream.synchronize().map_err(|e| e.to_string())?;
-        Ok(y)
+        Ok(ys)
     }
 }
 
@@ -805,10 +817,20 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, name: &str, x: &Mat, w: &Mat) -> Mat {
-        assert_eq!(x.cols, w.cols, "matmul: input widths differ");
-        let during = || format!("matmul {name}");
-        self.on_device(during, |state| self.matmul_device(state, name, x, w))
-            .unwrap_or_else(|| ops::matmul(x, w))
+        let mut ys = self.matmuls(x, &[(name, w)]);
+        ys.pop().expect("one product")
+    }
+
+    fn matmuls(&self, x: &Mat, ws: &[(&str, &Mat)]) -> Vec<Mat> {
+        for &(_, w) in ws {
+            assert_eq!(x.cols, w.cols, "matmul: input widths differ");
+        }
+        let during = || {
+            let names: Vec<&str> = ws.iter().map(|&(n, _)| n).collect();
+            format!("matmul {}", names.join(", "))
+        };
+        self.on_device(during, |state| self.matmuls_device(state, x, ws))
+            .unwrap_or_else(|| ws.iter().map(|&(_, w)| ops::matmul(x, w)).collect())
     }
 
     fn head_matmul(

@@ -7,7 +7,7 @@
 //! What runs where, per layer:
 //! * GPU: dequantization of each layer weight (raw bytes uploaded, f32 produced on device and
 //!   kept resident until the layer ends, then freed — so a model larger than GPU memory runs one
-//!   layer at a time); every `ctx.matmul` / `ctx.expert_matmul` as one SGEMM over all tokens.
+//!   layer at a time); every `ctx.matmul` / `ctx.matmuls` as one SGEMM over all tokens.
 //! * GPU: the routed MoE experts ([`crate::backend::Backend::moe_experts`], ~97% of
 //!   DeepSeek-R1's FLOPs). The layer's input goes up once and the weighted sum of the experts'
 //!   outputs is accumulated on the device and comes down once. Per expert only its rows of the
@@ -47,17 +47,19 @@
 //!   twice and down once, the latent output down and up). The dense blocks' GQA still uses
 //!   [`crate::backend::Backend::attention`]; [`crate::backend::Backend::head_matmul`] (one
 //!   strided-batched SGEMM over all heads, [`head_matmul_plan`]) remains for other callers.
-//! * CPU: RMSNorm, rope, the dense and shared-expert SwiGLU, routing (gathering each expert's
-//!   tokens, the weighted scatter-add of its output), the residual adds. Other activations
-//!   therefore cross PCIe once per matmul (input up, output down): the blocks work on host
-//!   [`crate::Mat`]s, and the dequantized non-expert weights are also copied back to the host
-//!   because the blocks hold them. Per R1 MoE layer and token that is now about 89k floats up
-//!   and 69k down, 0.63 MB (plus 8 × 2,048 floats of g when calibrating), where it was 2.5 MB
-//!   when the attention core's intermediates and each routed expert's rows crossed separately;
-//!   against ~11 GB of FP8 expert weights per layer read once per group of tokens, activations
-//!   stay below the weights' PCIe bytes up to ~17k tokens per group. Keeping the residual stream resident
-//!   across a whole layer needs the blocks to be written against a device tensor type — not
-//!   done here; nor is overlapping the next expert's upload with the current one's GEMMs (a
+//! * CPU: RMSNorm, rope, the dense and shared-expert SwiGLU, routing (the choice of experts from
+//!   the router's logits), the residual adds. Other activations therefore cross PCIe once per
+//!   product (input up — once for projections that share it, [`crate::backend::Backend::matmuls`]:
+//!   MLA's `attn_q_a` and `attn_kv_a_mqa`, q/k/v, an FFN's gate and up — output down): the blocks
+//!   work on host [`crate::Mat`]s, and the dequantized non-expert weights are also copied back to
+//!   the host because the blocks hold them. Per R1 MoE layer and token that is now about 74k
+//!   floats up and 69k down, 0.57 MB (plus 8 × 2,048 floats of g when calibrating), where it was
+//!   2.5 MB when the attention core's intermediates, each routed expert's rows and each
+//!   projection's input crossed separately; against ~11 GB of FP8 expert weights per layer read
+//!   once per group of tokens, activations stay below the weights' PCIe bytes up to ~20k tokens
+//!   per group. The end-of-run report prints what actually moved. Keeping the residual stream
+//!   resident across a whole layer needs the blocks to be written against a device tensor type —
+//!   not done here; nor is overlapping the next expert's upload with the current one's GEMMs (a
 //!   second stream).
 //!
 //! Device errors: `matmul`, `head_matmul`, `attention` and `dequantize` record the first one

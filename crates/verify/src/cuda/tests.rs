@@ -760,8 +760,9 @@ fn open_gpu() -> Option<super::CudaBackend> {
 }
 
 /// On a GPU machine (`cargo xtask gpu-check` runs it with `--ignored`): every kernel on the
-/// device equals the CPU reference bit for bit, and cuBLAS's product matches `ops::matmul`
-/// within f32 reassociation error. Skips with a message when no GPU can be opened.
+/// device equals the CPU reference bit for bit, and cuBLAS's products (one weight, or several
+/// sharing their input) match `ops::matmul` within f32 reassociation error. Skips with a
+/// message when no GPU can be opened.
 #[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
@@ -839,6 +840,13 @@ fn gpu_kernels_and_gemm_match_cpu() {
             "{name}: GEMM differs from the reference by {err}"
         );
     }
+    // Several products of one input (x uploaded once): each as the reference, in order.
+    let w2 = Mat::from_vec(40, 320, values(40 * 320, 4));
+    let want2 = ops::matmul_naive(&xm, &w2);
+    let got = backend.matmuls(&xm, &[("w", &w), ("w2", &w2)]);
+    assert_eq!(got.len(), 2);
+    assert!(max_rel_err(&got[0].data, &want.data) < 1e-4, "matmuls 0");
+    assert!(max_rel_err(&got[1].data, &want2.data) < 1e-4, "matmuls 1");
     backend.end_layer().expect("no device error");
 }
 

@@ -48,8 +48,11 @@ impl DenseFfn {
     /// `[T, n_embd]` → `[T, n_embd]`.
     pub fn forward(&self, x: &Mat, ctx: &LayerCtx<'_>) -> Mat {
         let name = |t: &str| format!("{}{t}{}.weight", self.prefix, self.suffix);
-        let mut g = ctx.matmul(&name("gate"), x, &self.gate);
-        let u = ctx.matmul(&name("up"), x, &self.up);
+        let (gate, up) = (name("gate"), name("up"));
+        let [mut g, u]: [Mat; 2] = ctx
+            .matmuls(x, &[(&gate, &self.gate), (&up, &self.up)])
+            .try_into()
+            .expect("two products");
         ops::swiglu(&mut g, &u);
         drop(u);
         ctx.matmul(&name("down"), &g, &self.down)

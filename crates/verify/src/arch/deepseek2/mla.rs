@@ -79,17 +79,26 @@ impl Mla {
             return Mat::zeros(0, self.out.rows);
         }
 
-        // 1. Queries {192, H, T}.
+        // 1–2. The query projection (or its low-rank first half) and the latent with the
+        // shared rope key {576, T}, both from h.
+        let (q_first, w_first) = match &self.q {
+            QProj::LowRank { a, .. } => (self.name("attn_q_a"), a),
+            QProj::Direct(w) => (self.name("attn_q"), w),
+        };
+        let kv_name = self.name("attn_kv_a_mqa");
+        let [first, mut kv]: [Mat; 2] = ctx
+            .matmuls(h, &[(&q_first, w_first), (&kv_name, &self.kv_a)])
+            .try_into()
+            .expect("two products");
+        // Queries {192, H, T}.
         let mut q = match &self.q {
-            QProj::LowRank { a, a_norm, b } => {
-                let mut qa = ctx.matmul(&self.name("attn_q_a"), h, a);
+            QProj::LowRank { a_norm, b, .. } => {
+                let mut qa = first;
                 ops::rms_norm(&mut qa, a_norm, self.eps);
                 ctx.matmul(&self.name("attn_q_b"), &qa, b)
             }
-            QProj::Direct(w) => ctx.matmul(&self.name("attn_q"), h, w),
+            QProj::Direct(_) => first,
         };
-        // 2. Latent and shared rope key {576, T}.
-        let mut kv = ctx.matmul(&self.name("attn_kv_a_mqa"), h, &self.kv_a);
         // 3. Rope on q_pe (the last `rope` dims of each head) and k_pe; norm the latent.
         rope(&mut q, seqs, d.n_head, qh, d.nope, &self.yarn.rope);
         rope(&mut kv, seqs, 1, ka, d.kv_lora, &self.yarn.rope);
