@@ -1,24 +1,25 @@
 //! The device seam of the engine: which processor runs the heavy ops of a layer (the GEMMs
-//! `x · wᵀ` over all tokens, the dequantization of the layer's weights, and the routed MoE
-//! experts).
+//! `x · wᵀ` over all tokens, the dequantization of the layer's weights, the attention and the
+//! routed MoE experts).
 //!
 //! Why a seam and not a second engine: the blocks (`arch/`) are written once, on host [`Mat`]s;
-//! a [`Backend`] is consulted at the places where the work is — [`crate::LayerCtx::matmul`]
-//! (every projection), [`crate::LayerCtx::attention`] (the causal attention of the dense
-//! blocks, [`Backend::attention`]), [`crate::LayerCtx::absorbed_mqa`] (MLA's attention core
-//! with its per-head products, [`Backend::absorbed_mqa`]), the weight loads of a layer (through [`BackendSource`], which hands
-//! the raw bytes of a tensor to [`Backend::dequantize`]), and each routed expert of an MoE layer
-//! ([`Backend::expert_ffn`]: the block gathers the expert's tokens, the backend reads the
-//! expert's weights from the source and returns its SwiGLU activations and output). The CPU
-//! backend calls exactly the existing ops ([`ops::attention`]; [`expert_ffn_cpu`] is the former
-//! in-block expert code, with its reused buffers and parallel waves of experts), so
-//! `--device cpu` gives the same numbers at the same speed as before.
+//! a [`Backend`] is consulted at the places where the work is — [`crate::LayerCtx::matmul`] and
+//! [`crate::LayerCtx::matmuls`] (every projection; several sharing an input in one call),
+//! [`crate::LayerCtx::attention`] (the dense blocks' causal attention, [`Backend::attention`]),
+//! [`crate::LayerCtx::absorbed_mqa`] (MLA's attention core with its per-head products,
+//! [`Backend::absorbed_mqa`]), the weight loads of a layer (through [`BackendSource`], which
+//! hands the raw bytes of a tensor to [`Backend::dequantize`]), and the routed experts of an
+//! MoE layer ([`Backend::moe_experts`]: the block routes, the backend reads each expert's
+//! weights from the source and returns the weighted sum of their outputs). The defaults are
+//! the CPU's ops, composed as the blocks composed them before ([`absorbed_mqa_steps`],
+//! [`moe_experts_steps`] over [`Backend::expert_ffn`] with its reused buffers and parallel
+//! waves of experts), so `--device cpu` gives the same numbers at the same speed as before.
 //!
 //! The CUDA backend (feature `cuda`, [`crate::cuda`]) dequantizes on the GPU from the raw bytes,
 //! keeps the layer's f32 weights resident there until [`Backend::end_layer`], runs every
-//! [`Backend::matmul`] on cuBLAS, the attention as cuBLAS GEMMs around a causal-softmax kernel,
-//! and each routed expert whole on the GPU from its raw rows ([`WeightSource::raw_rows`]), one
-//! expert at a time. What stays on the CPU is listed in the `cuda` module docs.
+//! product on cuBLAS, MLA's attention core with its wide intermediates on the device, and the
+//! routed experts from their raw rows ([`crate::WeightSource::raw_rows`]) with the gather and
+//! the weighted sum on the device. What stays on the CPU is listed in the `cuda` module docs.
 
 mod device;
 mod expert;
@@ -87,8 +88,8 @@ pub trait Backend: Send + Sync {
 
     /// Causal attention over each span ([`ops::attention`], the default): `q` `[T, n_head·dk]`,
     /// `k` `[T, n_head_kv·dk]`, `v` `[T, n_head_kv·dv]` → `[T, n_head·dv]`, rows outside every
-    /// span zero. Called through [`crate::LayerCtx::attention`] by every block (MLA's absorbed
-    /// MQA, the dense blocks' GQA). Infallible like [`Backend::matmul`], with the same
+    /// span zero. Called through [`crate::LayerCtx::attention`] by the dense blocks (GQA) and
+    /// by [`Backend::absorbed_mqa`]'s default (MLA's MQA over the latent). Infallible like [`Backend::matmul`], with the same
     /// contract: a device error is recorded, the CPU result is returned, and
     /// [`Backend::end_layer`] reports the error. Shape mismatches are internal invariants and
     /// panic, as in [`ops::attention`].
