@@ -23,7 +23,9 @@
 //! * the attention working set: one `ATTN_Q_BLOCK × L` f32 score block per thread;
 //! * the logits batch: at most [`LOGIT_BATCH_BYTES`] of f32 logits.
 //!
-//! `EvalOptions::max_memory` splits the sequences into consecutive groups whose peak fits; each
+//! `EvalOptions::max_memory` splits the sequences into consecutive groups whose peak fits; a
+//! device backend's [`Backend::activation_budget`] does the same for the activations it holds
+//! (`tokens · 4k` bytes each group), so a long calibration run fits a GPU without flags. Each
 //! group re-reads every layer (the price of the bound).
 
 use std::ops::Range;
@@ -239,6 +241,15 @@ impl<'a> LayerCtx<'a> {
     }
 }
 
+/// The memory one group of sequences may use ([`Engine::plan_groups`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Peak host bytes (`--max-memory`).
+    pub host: Option<u64>,
+    /// Bytes of activations the device offers ([`Backend::activation_budget`]).
+    pub device: Option<u64>,
+}
+
 /// Which positions of each sequence get logits.
 pub enum LogitPositions<'a> {
     /// Every position.
@@ -392,7 +403,11 @@ impl<'a> Engine<'a> {
                 });
             }
         }
-        let groups = self.plan_groups(seqs, opts.max_memory)?;
+        let limits = MemoryLimits {
+            host: opts.max_memory,
+            device: self.backend.activation_budget(),
+        };
+        let groups = self.plan_groups(seqs, limits)?;
         let n_groups = groups.len();
         for (gi, group) in groups.into_iter().enumerate() {
             self.evaluate_group(seqs, group, gi, n_groups, opts, on_batch)?;
@@ -441,23 +456,46 @@ impl<'a> Engine<'a> {
         (w + attn + logits, per_token)
     }
 
-    /// Consecutive groups of sequence indices whose peak memory fits `max_memory`.
-    fn plan_groups(&self, seqs: &[Vec<u32>], max_memory: Option<u64>) -> Result<Vec<Range<usize>>> {
-        let Some(limit) = max_memory else {
+    /// Consecutive groups of sequence indices for [`Engine::evaluate`]: each group's peak host
+    /// memory fits `limits.host` (`EvalOptions::max_memory`; the module's formula) and its
+    /// activations fit `limits.device` (what the backend's device offers,
+    /// [`Backend::activation_budget`]; `tokens × per-token floats × 4`, the same per-token
+    /// bound as the host's, which the device's working set stays below). One group when
+    /// neither is set. Errors when one sequence alone exceeds a limit.
+    pub fn plan_groups(
+        &self,
+        seqs: &[Vec<u32>],
+        limits: MemoryLimits,
+    ) -> Result<Vec<Range<usize>>> {
+        let max_len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let (fixed, per_token) = self.memory_model(max_len);
+        let one = per_token * max_len as u64;
+        let mut max_tokens: Option<u64> = None;
+        if let Some(limit) = limits.host {
+            if fixed + one > limit {
+                return Err(VerifyError::MemoryLimit {
+                    limit,
+                    need: fixed + one,
+                    tokens: max_len,
+                });
+            }
+            max_tokens = Some((limit - fixed) / per_token.max(1));
+        }
+        if let Some(budget) = limits.device {
+            if one > budget {
+                return Err(VerifyError::DeviceMemory {
+                    budget,
+                    need: one,
+                    tokens: max_len,
+                });
+            }
+            let t = budget / per_token.max(1);
+            max_tokens = Some(max_tokens.map_or(t, |m| m.min(t)));
+        }
+        let Some(budget) = max_tokens else {
             let all = 0..seqs.len();
             return Ok(vec![all]);
         };
-        let max_len = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        let (fixed, per_token) = self.memory_model(max_len);
-        let need_one = fixed + per_token * max_len as u64;
-        if need_one > limit {
-            return Err(VerifyError::MemoryLimit {
-                limit,
-                need: need_one,
-                tokens: max_len,
-            });
-        }
-        let budget = (limit - fixed) / per_token.max(1);
         let mut groups = Vec::new();
         let (mut start, mut tokens) = (0, 0u64);
         for (i, s) in seqs.iter().enumerate() {

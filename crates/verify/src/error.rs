@@ -97,6 +97,16 @@ pub enum VerifyError {
         /// Tokens of the longest sequence.
         tokens: usize,
     },
+    /// The device cannot hold the activations of even one sequence.
+    #[error("the device offers {budget} bytes for activations, but one sequence of {tokens} tokens needs {need}: use shorter chunks (-c) or --device cpu")]
+    DeviceMemory {
+        /// Bytes the device offers for one group's activations.
+        budget: u64,
+        /// What one sequence needs.
+        need: u64,
+        /// Tokens of the longest sequence.
+        tokens: usize,
+    },
     /// Invalid request (e.g. inconsistent arguments); the message says what.
     #[error("{0}")]
     Invalid(String),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use formats::gguf::{GgufArray, GgufValue};
-use verify::engine::Progress;
+use verify::engine::{MemoryLimits, Progress};
 use verify::{Engine, EvalOptions, LayerObserver, LogitPositions, Mat, VerifyError, WeightSource};
 
 #[path = "support/record_attention.rs"]
@@ -215,6 +215,33 @@ fn memory_groups_do_not_change_logits() {
             matches!(err, VerifyError::MemoryLimit { tokens: 12, .. }),
             "{err}"
         );
+
+        // A device budget (what a GPU backend offers for activations) groups by tokens alone,
+        // the tighter of the two limits wins, and a budget below one sequence is an error
+        // naming the tokens. Sequence lengths 10, 7, 12.
+        let device = |bytes: u64| MemoryLimits {
+            host: None,
+            device: Some(bytes),
+        };
+        let plan = |l: MemoryLimits| engine.plan_groups(&seqs(), l);
+        assert_eq!(plan(MemoryLimits::default()).unwrap(), vec![0..3]);
+        assert_eq!(plan(device(per_token * 29)).unwrap(), vec![0..3]);
+        assert_eq!(plan(device(per_token * 17)).unwrap(), vec![0..2, 2..3]);
+        assert_eq!(
+            plan(device(per_token * 12)).unwrap(),
+            vec![0..1, 1..2, 2..3]
+        );
+        let both = MemoryLimits {
+            host: Some(fixed + per_token * 29),
+            device: Some(per_token * 12),
+        };
+        assert_eq!(plan(both).unwrap(), vec![0..1, 1..2, 2..3]);
+        let err = plan(device(per_token * 11)).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::DeviceMemory { tokens: 12, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("12 tokens"), "{err}");
     }
 }
 

@@ -72,6 +72,14 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Bytes of device memory one group of sequences may fill with activations, so that the
+    /// engine splits a long run into groups that fit the device (a GPU smaller than one group's
+    /// activations would otherwise fail mid-run); `None` for the CPU, whose limit is
+    /// `--max-memory`.
+    fn activation_budget(&self) -> Option<u64> {
+        None
+    }
+
     /// `y = x · wᵀ` ([`ops::matmul`]); `name` is the weight's GGUF name (the backend may hold
     /// a device copy of it from [`Backend::dequantize`]).
     fn matmul(&self, name: &str, x: &Mat, w: &Mat) -> Mat;

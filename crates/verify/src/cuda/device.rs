@@ -37,6 +37,17 @@ use crate::tensor::{Mat, SeqSpan};
 /// rest is left for the activations and cuBLAS's workspace.
 const WEIGHT_BUDGET_FRACTION: f64 = 0.6;
 
+/// Device memory kept free of activations for cuBLAS's workspace and allocation slack.
+const ACTIVATION_SLACK_BYTES: usize = 512 << 20;
+
+/// What one group's activations may take of the `free` bytes the device had when the backend
+/// opened: the part the resident weights may not use, less the attention score buffer
+/// ([`super::ATTN_SCORES_BYTES`]) and [`ACTIVATION_SLACK_BYTES`].
+fn activation_budget(free: usize) -> u64 {
+    let rest = (free as f64 * (1.0 - WEIGHT_BUDGET_FRACTION)) as usize;
+    rest.saturating_sub(super::ATTN_SCORES_BYTES + ACTIVATION_SLACK_BYTES) as u64
+}
+
 /// A dequantized weight (or row range of one) kept on the device until the layer ends.
 struct Resident {
     /// Address of the host copy the block holds (the `Vec` the source returned), so `matmul`
@@ -85,6 +96,8 @@ pub struct CudaBackend {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     weight_budget: usize,
+    /// Bytes one group's activations may take ([`Backend::activation_budget`]).
+    activation_budget: u64,
     state: Mutex<State>,
     /// Device memory in use (all processes, `total − free`) when the backend opened.
     start_used: usize,
@@ -186,6 +199,7 @@ impl CudaBackend {
             _module: module,
             functions,
             weight_budget: (free as f64 * WEIGHT_BUDGET_FRACTION) as usize,
+            activation_budget: activation_budget(free),
             state: Mutex::new(State {
                 resident: HashMap::new(),
                 resident_bytes: 0,
@@ -1005,6 +1019,10 @@ impl Backend for CudaBackend {
             .and_then(|_| self.stream.synchronize().map_err(|e| e.to_string()))
             .map_err(|p| device_error("the MoE layer's output", p))?;
         Ok(y)
+    }
+
+    fn activation_budget(&self) -> Option<u64> {
+        Some(self.activation_budget)
     }
 
     fn memory_report(&self) -> Option<String> {
