@@ -42,7 +42,9 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
-    /// Evaluate the chunks in groups whose peak memory stays below BYTES.
+    /// Evaluate the chunks in groups whose peak memory stays below BYTES (default: 80 % of the
+    /// memory available when the run starts, where one chunk fits; on CUDA also what the GPU
+    /// offers for activations).
     #[arg(long, value_name = "BYTES")]
     max_memory: Option<u64>,
     /// Where the forward pass runs: cpu, cuda or cuda:N (cuda needs a build with --features

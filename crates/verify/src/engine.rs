@@ -23,8 +23,9 @@
 //! * the attention working set: one `ATTN_Q_BLOCK × L` f32 score block per thread;
 //! * the logits batch: at most [`LOGIT_BATCH_BYTES`] of f32 logits.
 //!
-//! `EvalOptions::max_memory` splits the sequences into consecutive groups whose peak fits; a
-//! device backend's [`Backend::activation_budget`] does the same for the activations it holds
+//! `EvalOptions::max_memory` splits the sequences into consecutive groups whose peak fits
+//! (without it, [`HOST_DEFAULT_FRACTION`] of the memory the OS reports available, where one
+//! sequence fits, so a long run does not exhaust the host by default); a device backend's [`Backend::activation_budget`] does the same for the activations it holds
 //! (`tokens · 4k` bytes each group), so a long calibration run fits a GPU without flags. Each
 //! group re-reads every layer (the price of the bound).
 
@@ -244,8 +245,12 @@ impl<'a> LayerCtx<'a> {
 /// The memory one group of sequences may use ([`Engine::plan_groups`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryLimits {
-    /// Peak host bytes (`--max-memory`).
+    /// Peak host bytes (`--max-memory`): a sequence that does not fit is an error.
     pub host: Option<u64>,
+    /// Peak host bytes when `host` is not given (most of the available memory): groups are cut
+    /// to fit it where one sequence fits, otherwise each sequence is its own group (the least
+    /// memory a run can take) — never an error.
+    pub host_default: Option<u64>,
     /// Bytes of activations the device offers ([`Backend::activation_budget`]).
     pub device: Option<u64>,
 }
@@ -320,6 +325,31 @@ pub struct Engine<'a> {
     spec: ArchSpec,
     /// The device of the heavy ops (`backend.rs`); the CPU unless chosen otherwise.
     backend: Arc<dyn Backend>,
+    /// The host memory a run may fill when `max_memory` is not given
+    /// ([`MemoryLimits::host_default`]): [`HOST_DEFAULT_FRACTION`] of what the OS reported
+    /// available when the engine was made.
+    host_default: Option<u64>,
+}
+
+/// The fraction of the host's available memory (`MemAvailable`) a run without `max_memory`
+/// plans its groups for, leaving room for the page cache the weights stream through.
+pub const HOST_DEFAULT_FRACTION: f64 = 0.8;
+
+/// `MemAvailable` of `/proc/meminfo` in bytes (`None` elsewhere or when unreadable).
+pub fn host_available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+/// The `MemAvailable:  N kB` line of a meminfo text, in bytes.
+pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        _ => None,
+    }
 }
 
 impl<'a> Engine<'a> {
@@ -333,6 +363,8 @@ impl<'a> Engine<'a> {
             config,
             spec,
             backend: Arc::new(backend::CpuBackend),
+            host_default: host_available_memory()
+                .map(|b| (b as f64 * HOST_DEFAULT_FRACTION) as u64),
         })
     }
 
@@ -405,6 +437,7 @@ impl<'a> Engine<'a> {
         }
         let limits = MemoryLimits {
             host: opts.max_memory,
+            host_default: self.host_default,
             device: self.backend.activation_budget(),
         };
         let groups = self.plan_groups(seqs, limits)?;
@@ -457,7 +490,8 @@ impl<'a> Engine<'a> {
     }
 
     /// Consecutive groups of sequence indices for [`Engine::evaluate`]: each group's peak host
-    /// memory fits `limits.host` (`EvalOptions::max_memory`; the module's formula) and its
+    /// memory fits `limits.host` (`EvalOptions::max_memory`; the module's formula; without it
+    /// `limits.host_default` where it can) and its
     /// activations fit `limits.device` (what the backend's device offers,
     /// [`Backend::activation_budget`]; `tokens × per-token floats × 4`, the same per-token
     /// bound as the host's, which the device's working set stays below). One group when
@@ -480,6 +514,9 @@ impl<'a> Engine<'a> {
                 });
             }
             max_tokens = Some((limit - fixed) / per_token.max(1));
+        } else if let Some(soft) = limits.host_default {
+            let t = soft.saturating_sub(fixed) / per_token.max(1);
+            max_tokens = Some(t.max(max_len as u64));
         }
         if let Some(budget) = limits.device {
             if one > budget {

@@ -220,8 +220,8 @@ fn memory_groups_do_not_change_logits() {
         // the tighter of the two limits wins, and a budget below one sequence is an error
         // naming the tokens. Sequence lengths 10, 7, 12.
         let device = |bytes: u64| MemoryLimits {
-            host: None,
             device: Some(bytes),
+            ..MemoryLimits::default()
         };
         let plan = |l: MemoryLimits| engine.plan_groups(&seqs(), l);
         assert_eq!(plan(MemoryLimits::default()).unwrap(), vec![0..3]);
@@ -234,6 +234,7 @@ fn memory_groups_do_not_change_logits() {
         let both = MemoryLimits {
             host: Some(fixed + per_token * 29),
             device: Some(per_token * 12),
+            ..MemoryLimits::default()
         };
         assert_eq!(plan(both).unwrap(), vec![0..1, 1..2, 2..3]);
         let err = plan(device(per_token * 11)).unwrap_err();
@@ -242,6 +243,26 @@ fn memory_groups_do_not_change_logits() {
             "{err}"
         );
         assert!(err.to_string().contains("12 tokens"), "{err}");
+
+        // Without --max-memory, the default from the available memory cuts groups where it
+        // can and never fails: too small for one sequence means one sequence per group; an
+        // explicit limit overrides it.
+        let soft = |bytes: u64| MemoryLimits {
+            host_default: Some(bytes),
+            ..MemoryLimits::default()
+        };
+        assert_eq!(
+            plan(soft(fixed + per_token * 17)).unwrap(),
+            vec![0..2, 2..3]
+        );
+        assert_eq!(plan(soft(fixed)).unwrap(), vec![0..1, 1..2, 2..3]);
+        assert_eq!(plan(soft(0)).unwrap(), vec![0..1, 1..2, 2..3]);
+        let explicit = MemoryLimits {
+            host: Some(fixed + per_token * 29),
+            host_default: Some(fixed),
+            ..MemoryLimits::default()
+        };
+        assert_eq!(plan(explicit).unwrap(), vec![0..3]);
     }
 }
 
@@ -442,5 +463,21 @@ fn dense_attention_runs_on_the_backend() {
             );
             assert_eq!(s.scale, 1.0 / (hd as f32).sqrt());
         }
+    }
+}
+
+/// The available-memory default reads `MemAvailable` in kB from a meminfo text, and nothing
+/// from a text without it or in other units.
+#[test]
+fn mem_available_is_parsed_from_meminfo() {
+    use verify::engine::parse_mem_available;
+    let text =
+        "MemTotal:       24551304 kB\nMemFree:         1207516 kB\nMemAvailable:   18302420 kB\n";
+    assert_eq!(parse_mem_available(text), Some(18_302_420 * 1024));
+    assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+    assert_eq!(parse_mem_available("MemAvailable: 5 MB\n"), None);
+    assert_eq!(parse_mem_available("MemAvailable: x kB\n"), None);
+    if cfg!(target_os = "linux") {
+        assert!(verify::engine::host_available_memory().is_some_and(|b| b > 0));
     }
 }
