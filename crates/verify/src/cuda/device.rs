@@ -696,6 +696,8 @@ impl CudaBackend {
     ) -> Result<(), String> {
         let (n, n_embd) = (list.len(), job.n_embd);
         if n == 0 || n_embd == 0 || job.n_ff == 0 {
+            // Nothing routed: the observer sees an empty g, not the previous expert's.
+            out.g.reshape(n, job.n_ff);
             return Ok(());
         }
         let idx = list
