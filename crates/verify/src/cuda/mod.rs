@@ -50,13 +50,14 @@
 //! * CPU: RMSNorm, rope, the dense and shared-expert SwiGLU, routing (the choice of experts from
 //!   the router's logits), the residual adds. Other activations therefore cross PCIe once per
 //!   product (input up — once for projections that share it, [`crate::backend::Backend::matmuls`]:
-//!   MLA's `attn_q_a` and `attn_kv_a_mqa`, q/k/v, an FFN's gate and up — output down): the blocks
+//!   MLA's `attn_q_a` and `attn_kv_a_mqa`, q/k/v, an FFN's gate and up, the MoE router with the
+//!   shared expert's gate and up — output down): the blocks
 //!   work on host [`crate::Mat`]s, and the dequantized non-expert weights are also copied back to
-//!   the host because the blocks hold them. Per R1 MoE layer and token that is now about 74k
-//!   floats up and 69k down, 0.57 MB (plus 8 × 2,048 floats of g when calibrating), where it was
+//!   the host because the blocks hold them. Per R1 MoE layer and token that is now about 67k
+//!   floats up and 69k down, 0.54 MB (plus 8 × 2,048 floats of g when calibrating), where it was
 //!   2.5 MB when the attention core's intermediates, each routed expert's rows and each
 //!   projection's input crossed separately; against ~11 GB of FP8 expert weights per layer read
-//!   once per group of tokens, activations stay below the weights' PCIe bytes up to ~20k tokens
+//!   once per group of tokens, activations stay below the weights' PCIe bytes up to ~21k tokens
 //!   per group. The end-of-run report prints what actually moved. Keeping the residual stream
 //!   resident across a whole layer needs the blocks to be written against a device tensor type —
 //!   not done here; nor is overlapping the next expert's upload with the current one's GEMMs (a

@@ -45,17 +45,31 @@ pub struct DenseFfn {
 }
 
 impl DenseFfn {
+    fn name(&self, t: &str) -> String {
+        format!("{}{t}{}.weight", self.prefix, self.suffix)
+    }
+
+    /// The gate and up projections as `(name, weight)`, for a caller that computes them
+    /// together with other projections of the same input ([`LayerCtx::matmuls`]).
+    pub fn gate_up(&self) -> [(String, &Mat); 2] {
+        [(self.name("gate"), &self.gate), (self.name("up"), &self.up)]
+    }
+
     /// `[T, n_embd]` → `[T, n_embd]`.
     pub fn forward(&self, x: &Mat, ctx: &LayerCtx<'_>) -> Mat {
-        let name = |t: &str| format!("{}{t}{}.weight", self.prefix, self.suffix);
-        let (gate, up) = (name("gate"), name("up"));
-        let [mut g, u]: [Mat; 2] = ctx
-            .matmuls(x, &[(&gate, &self.gate), (&up, &self.up)])
+        let [(gn, gw), (un, uw)] = self.gate_up();
+        let [g, u]: [Mat; 2] = ctx
+            .matmuls(x, &[(&gn, gw), (&un, uw)])
             .try_into()
             .expect("two products");
+        self.finish(g, u, ctx)
+    }
+
+    /// `down(silu(g) ⊙ u)` from the gate and up products.
+    pub fn finish(&self, mut g: Mat, u: Mat, ctx: &LayerCtx<'_>) -> Mat {
         ops::swiglu(&mut g, &u);
         drop(u);
-        ctx.matmul(&name("down"), &g, &self.down)
+        ctx.matmul(&self.name("down"), &g, &self.down)
     }
 }
 
@@ -107,7 +121,19 @@ impl Moe<'_> {
     /// shared expert. Fails only when an expert cannot be read from the source.
     pub fn forward(&self, x: &Mat, ctx: &LayerCtx<'_>) -> Result<Mat> {
         let (t, n_embd) = (x.rows, x.cols);
-        let logits = ctx.matmul(&self.name("ffn_gate_inp"), x, &self.router);
+        // The router and the shared expert's gate and up read the same input: one call.
+        let router = self.name("ffn_gate_inp");
+        let (logits, shared_gu) = match &self.shared {
+            Some(shared) => {
+                let [(gn, gw), (un, uw)] = shared.gate_up();
+                let [l, g, u]: [Mat; 3] = ctx
+                    .matmuls(x, &[(&router, &self.router), (&gn, gw), (&un, uw)])
+                    .try_into()
+                    .expect("three products");
+                (l, Some((g, u)))
+            }
+            None => (ctx.matmul(&router, x, &self.router), None),
+        };
         let routing = route(&logits.data, t, self.bias.as_deref(), &self.params);
         drop(logits);
 
@@ -142,8 +168,8 @@ impl Moe<'_> {
             None
         };
         let mut y = ctx.backend().moe_experts(&job, observe)?;
-        if let Some(shared) = &self.shared {
-            let s = shared.forward(x, ctx);
+        if let (Some(shared), Some((g, u))) = (&self.shared, shared_gu) {
+            let s = shared.finish(g, u, ctx);
             ops::add_assign(&mut y, &s);
         }
         Ok(y)
