@@ -37,7 +37,7 @@ pub use mqa::{
     absorbed_mqa_cpu, absorbed_mqa_steps, q_nope, AttentionFn, HeadMatmulFn, MqaDims, MqaJob,
     MqaOut,
 };
-pub use raw::{check_fp8, dequantize_cpu, RawTensor};
+pub use raw::{check_fp8, dequantize_cpu, ggml_rows, RawTensor};
 pub use source::BackendSource;
 
 use std::ops::Range;

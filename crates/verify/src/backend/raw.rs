@@ -47,9 +47,7 @@ impl<'a> RawTensor<'a> {
         }
         match self {
             RawTensor::Ggml { ty, data } => {
-                let row_bytes = usize::try_from(ty.row_size(width as u64)?).ok()?;
-                let data =
-                    data.get(rows.start.checked_mul(row_bytes)?..rows.end.checked_mul(row_bytes)?)?;
+                let data = ggml_rows(ty, data, width, &rows).ok()?;
                 Some(RawTensor::Ggml { ty, data })
             }
             RawTensor::Fp8Block {
@@ -98,13 +96,7 @@ pub fn dequantize_cpu(
     }
     match raw {
         RawTensor::Ggml { ty, data } => {
-            let row_bytes = ty
-                .row_size(width as u64)
-                .ok_or_else(|| format!("row length {width} is not whole {ty} blocks"))?
-                as usize;
-            let src = data
-                .get(rows.start * row_bytes..rows.end * row_bytes)
-                .ok_or_else(|| format!("rows {rows:?} lie beyond the tensor's data"))?;
+            let src = ggml_rows(ty, data, width, &rows)?;
             quantize::dequantize_rows(ty, src, out).map_err(|e| e.to_string())
         }
         RawTensor::Fp8Block {
@@ -139,6 +131,26 @@ pub fn dequantize_cpu(
             Ok(())
         }
     }
+}
+
+/// The bytes of rows `rows` of a row-major ggml tensor of `width`-value rows: `row_size(width)
+/// · rows`, with every size checked (a row length that is not whole blocks, a range beyond the
+/// data or one whose byte offsets overflow is an error, never a panic).
+pub fn ggml_rows<'a>(
+    ty: GgmlType,
+    data: &'a [u8],
+    width: usize,
+    rows: &Range<usize>,
+) -> std::result::Result<&'a [u8], String> {
+    let row_bytes = ty
+        .row_size(width as u64)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("row length {width} is not whole {ty} blocks"))?;
+    rows.start
+        .checked_mul(row_bytes)
+        .zip(rows.end.checked_mul(row_bytes))
+        .and_then(|(a, b)| data.get(a..b))
+        .ok_or_else(|| format!("rows {rows:?} lie beyond the tensor's data"))
 }
 
 /// Checks an FP8 tensor's byte counts against its shape and block.

@@ -27,8 +27,9 @@ use super::{
     SoftmaxRows,
 };
 use crate::backend::{
-    absorbed_mqa_cpu, check_fp8, check_head_matmul, head_matmul_cpu, moe_experts_steps, Backend,
-    Device, DeviceError, ExpertJob, ExpertObserver, ExpertOut, MoeJob, MqaJob, MqaOut, RawTensor,
+    absorbed_mqa_cpu, check_fp8, check_head_matmul, ggml_rows, head_matmul_cpu, moe_experts_steps,
+    Backend, Device, DeviceError, ExpertJob, ExpertObserver, ExpertOut, MoeJob, MqaJob, MqaOut,
+    RawTensor,
 };
 use crate::ops::{self, AttnShape};
 use crate::tensor::{Mat, SeqSpan};
@@ -335,13 +336,7 @@ impl CudaBackend {
         match raw {
             RawTensor::Ggml { ty, data } => {
                 let k = kernel_for(ty).ok_or_else(|| format!("no GPU kernel for {ty}"))?;
-                let row_bytes = ty
-                    .row_size(width as u64)
-                    .ok_or_else(|| format!("row length {width} is not whole {ty} blocks"))?
-                    as usize;
-                let bytes = data
-                    .get(rows.start * row_bytes..rows.end * row_bytes)
-                    .ok_or_else(|| format!("rows {rows:?} lie beyond the tensor's data"))?;
+                let bytes = ggml_rows(ty, data, width, &rows)?;
                 let blocks = n / k.block as usize;
                 if !n.is_multiple_of(k.block as usize) || blocks * k.bytes as usize != bytes.len() {
                     return Err(format!(
@@ -369,10 +364,10 @@ impl CudaBackend {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
-                let src = self.up(
-                    &data[rows.start * cols..rows.end * cols],
-                    Traffic::WeightsUp,
-                )?;
+                let bytes = data
+                    .get(rows.start * cols..rows.end * cols)
+                    .ok_or_else(|| format!("rows {rows:?} lie beyond the FP8 tensor"))?;
+                let src = self.up(bytes, Traffic::WeightsUp)?;
                 let sc = self.up(&scale_values, Traffic::WeightsUp)?;
                 if let Some(cfg) = launch_config(n as u64) {
                     let f = self.function(FP8_KERNEL)?;
