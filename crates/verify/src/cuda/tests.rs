@@ -750,6 +750,32 @@ fn causal_softmax_kernel_source_matches_ops() {
     }
 }
 
+/// A `[rows, cols]` F32 weight of [`values`] (`seed`) dequantized on `backend` under `name`, so
+/// the backend holds it resident for the layer (until `end_layer`) and recognises the returned
+/// `Mat` as that weight.
+#[cfg(feature = "cuda")]
+fn resident_f32(
+    backend: &super::CudaBackend,
+    name: &str,
+    (rows, cols): (usize, usize),
+    seed: u64,
+) -> Mat {
+    use crate::backend::{Backend, RawTensor};
+    let bytes: Vec<u8> = values(rows * cols, seed)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let raw = RawTensor::Ggml {
+        ty: GgmlType::F32,
+        data: &bytes,
+    };
+    let mut w = vec![0f32; rows * cols];
+    backend
+        .dequantize(name, raw, cols, 0..rows, &mut w)
+        .expect("device f32");
+    Mat::from_vec(rows, cols, w)
+}
+
 /// GPU 0 for the `gpu_` tests, or `None` with a SKIP line when no GPU can be opened (no
 /// driver, no device: CI and this machine).
 #[cfg(feature = "cuda")]
@@ -817,19 +843,7 @@ fn gpu_kernels_and_gemm_match_cpu() {
     }
     backend.end_layer().expect("no device error");
     // GEMM: resident weight (dequantized above under its name) and uploaded weight.
-    let w_raw: Vec<u8> = values(96 * 320, 3)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let wt = RawTensor::Ggml {
-        ty: GgmlType::F32,
-        data: &w_raw,
-    };
-    let mut wdata = vec![0f32; 96 * 320];
-    backend
-        .dequantize("w", wt, 320, 0..96, &mut wdata)
-        .expect("device f32");
-    let w = Mat::from_vec(96, 320, wdata);
+    let w = resident_f32(&backend, "w", (96, 320), 3);
     let xm = Mat::from_vec(37, 320, values(37 * 320, 9));
     let want = ops::matmul_naive(&xm, &w);
     for name in ["w", "not-resident"] {
@@ -940,7 +954,7 @@ fn gpu_attention_matches_cpu() {
 #[test]
 #[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
 fn gpu_head_matmul_matches_cpu() {
-    use crate::backend::{head_matmul_cpu, Backend, RawTensor};
+    use crate::backend::{head_matmul_cpu, Backend};
 
     let Some(backend) = open_gpu() else {
         return;
@@ -950,19 +964,7 @@ fn gpu_head_matmul_matches_cpu() {
     // v_b-like (latent 64 → 32).
     for (inp, out, col_stride) in [(32, 64, 80), (64, 32, 32)] {
         let x = Mat::from_vec(t, heads * inp, values(t * heads * inp, 93));
-        let w_raw: Vec<u8> = values(heads * out * inp, 94)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let raw = RawTensor::Ggml {
-            ty: GgmlType::F32,
-            data: &w_raw,
-        };
-        let mut wdata = vec![0f32; heads * out * inp];
-        backend
-            .dequantize("w_b", raw, inp, 0..heads * out, &mut wdata)
-            .expect("device f32");
-        let w = Mat::from_vec(heads * out, inp, wdata);
+        let w = resident_f32(&backend, "w_b", (heads * out, inp), 94);
         let cols = (heads - 1) * col_stride + out;
         let fill = values(t * cols, 95);
         let mut want = Mat::from_vec(t, cols, fill.clone());
@@ -986,7 +988,7 @@ fn gpu_head_matmul_matches_cpu() {
 #[test]
 #[ignore = "needs a GPU; run by `cargo xtask gpu-check`"]
 fn gpu_absorbed_mqa_matches_cpu() {
-    use crate::backend::{Backend, RawTensor};
+    use crate::backend::Backend;
 
     let Some(backend) = open_gpu() else {
         return;
@@ -1014,23 +1016,8 @@ fn gpu_absorbed_mqa_matches_cpu() {
     {
         dst.copy_from_slice(&src[..dims.kv_lora]);
     }
-    let on_device = |name: &str, rows: usize, cols: usize, seed: u64| {
-        let bytes: Vec<u8> = values(rows * cols, seed)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let raw = RawTensor::Ggml {
-            ty: GgmlType::F32,
-            data: &bytes,
-        };
-        let mut w = vec![0f32; rows * cols];
-        backend
-            .dequantize(name, raw, cols, 0..rows, &mut w)
-            .expect("device f32");
-        Mat::from_vec(rows, cols, w)
-    };
-    let k_b = on_device("k_b", h * dims.kv_lora, dims.nope, 103);
-    let v_b = on_device("v_b", h * dims.v_head, dims.kv_lora, 104);
+    let k_b = resident_f32(&backend, "k_b", (h * dims.kv_lora, dims.nope), 103);
+    let v_b = resident_f32(&backend, "v_b", (h * dims.v_head, dims.kv_lora), 104);
     for (names, keep_latent) in [(["k_b", "v_b"], true), (["other", "else"], false)] {
         let job = MqaJob {
             names,
