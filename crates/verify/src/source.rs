@@ -129,7 +129,7 @@ pub trait WeightSource: Sync {
 }
 
 /// (row width, row count) of a tensor viewed as 2-D: `ne[0]` wide, the other dims flattened.
-fn flat_rows(dims: &[u64]) -> (usize, u64) {
+pub(crate) fn flat_rows(dims: &[u64]) -> (usize, u64) {
     let width = dims.first().copied().unwrap_or(1) as usize;
     let rows = dims.iter().skip(1).product::<u64>();
     (width, rows)

@@ -32,9 +32,12 @@ impl<'a> BackendSource<'a> {
     ) -> Option<(RawTensor<'a>, usize, Range<usize>)> {
         let raw = self.inner.raw(name)?;
         let dims = self.inner.tensor_dims(name)?;
-        let width = dims.first().copied().unwrap_or(1) as usize;
-        let n_rows = dims.iter().skip(1).product::<u64>() as usize;
-        let rows = rows.map_or(0..n_rows, |r| r.start as usize..r.end as usize);
+        let (width, n_rows) = crate::source::flat_rows(&dims);
+        let n_rows = usize::try_from(n_rows).ok()?;
+        let rows = match rows {
+            None => 0..n_rows,
+            Some(r) => usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?,
+        };
         if rows.start > rows.end || rows.end > n_rows {
             return None;
         }
